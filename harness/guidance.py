@@ -1,0 +1,121 @@
+"""Every guidance method as one formula, out = weak + omega * (strong - weak), with per-method branch specs.
+
+| method  | strong branch           | weak branch                      |
+| none    | main(c; gamma_strong)   | -                                |
+| cfg     | main(c; gamma_strong)   | main(null; gamma_weak)           |
+| ag      | main(c; gamma_strong)   | weak_model(c; gamma_weak)        |
+| icg     | main(c; gamma_strong)   | main(random class; gamma_weak)   |
+| sg      | main(c; gamma_strong)   | main(c; gamma_weak)              |
+| cfg+sg  | main(c; gamma_strong)   | main(null; gamma_weak)           |
+| ag+sg   | main(c; gamma_strong)   | weak_model(c; gamma_weak)        |
+omega = 1 is no guidance (the EDM2 / SG-paper lerp convention). gamma is the fraction of tokens routed or masked.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+# method -> (model, condition) of the weak branch; the strong branch is always ("main", "c").
+METHODS: dict[str, tuple[str, str] | None] = {
+    "none": None,
+    "cfg": ("main", "null"),
+    "ag": ("weak", "c"),
+    "icg": ("main", "random"),
+    "sg": ("main", "c"),
+    "cfg+sg": ("main", "null"),
+    "ag+sg": ("weak", "c"),
+}
+SPARSE_METHODS = ("sg", "cfg+sg", "ag+sg")  # the weak branch is defined by a higher sparsity rate
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """gamma over sampling progress s in [0, 1]: constant, `linear` or `cosine` (half-cosine) from start to end."""
+
+    kind: str = "constant"
+    start: float = 0.0
+    end: float = 0.0
+
+    def at(self, progress: float) -> float:
+        if self.kind == "constant":
+            return self.start
+        if self.kind == "linear":
+            return self.start + (self.end - self.start) * progress
+        if self.kind == "cosine":
+            return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        raise ValueError(f"unknown schedule {self.kind!r}; known: {', '.join(SCHEDULES)}")
+
+    def label(self) -> str:
+        """Short text for tables: `0.5` or `cos(0->0.6)`."""
+        if self.kind == "constant":
+            return f"{self.start:g}"
+        return f"{self.kind[:3]}({self.start:g}->{self.end:g})"
+
+    @classmethod
+    def constant(cls, gamma: float) -> Schedule:
+        return cls("constant", gamma, gamma)
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One network evaluation of a guidance method: which model, which condition, which sparsity."""
+
+    model: str  # "main" | "weak"
+    cond: str  # "c" | "null" | "random"
+    gamma: Schedule
+
+
+@dataclass(frozen=True)
+class GuidanceSpec:
+    """A method with its weight, sparsity rates, optional guidance interval and channel restriction."""
+
+    method: str = "none"
+    omega: float = 1.0
+    gamma_strong: Schedule = Schedule()
+    gamma_weak: Schedule | None = None  # defaults to gamma_strong for cfg / ag / icg
+    interval: tuple[float, float] | None = None  # [t_lo, t_hi] on the harness axis (0 = noise)
+    cfg_channels: int | None = None  # None = all channels; 3 = the official DiT/SiT quirk
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
+
+    @property
+    def strong(self) -> Branch:
+        return Branch("main", "c", self.gamma_strong)
+
+    @property
+    def weak(self) -> Branch | None:
+        spec = METHODS[self.method]
+        if spec is None:
+            return None
+        return Branch(spec[0], spec[1], self.gamma_weak or self.gamma_strong)
+
+    def guides_at(self, t: float) -> bool:
+        """Whether the weak branch is computed at time t (never when omega = 1 or outside the interval)."""
+        if self.weak is None or self.omega == 1.0:
+            return False
+        return self.interval is None or self.interval[0] <= t <= self.interval[1]
+
+    def branches_at(self, t: float, progress: float) -> list[tuple[Branch, float]]:
+        """The branches actually evaluated at one network call, with their gamma at this progress."""
+        active = [(self.strong, self.strong.gamma.at(progress))]
+        if self.guides_at(t):
+            active.append((self.weak, self.weak.gamma.at(progress)))
+        return active
+
+
+def combine(
+    strong: torch.Tensor, weak: torch.Tensor | None, omega: float, cfg_channels: int | None = None
+) -> torch.Tensor:
+    """weak + omega * (strong - weak); strong itself when unguided; only the first `cfg_channels` if set."""
+    if weak is None or omega == 1.0:
+        return strong
+    if cfg_channels is None:
+        return weak + omega * (strong - weak)
+    guided = weak[:, :cfg_channels] + omega * (strong[:, :cfg_channels] - weak[:, :cfg_channels])
+    return torch.cat([guided, strong[:, cfg_channels:]], dim=1)

@@ -1,0 +1,82 @@
+"""Model registry: architecture presets, time/prediction conventions, and `build_model` for a suite's model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from harness.models.adapters import CONVENTIONS, FlowModel
+from harness.models.checkpoint import load_checkpoint
+from harness.models.dit import DiTConfig, SparseDiT
+
+_SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
+
+
+def _preset(family: str, size: str, patch: int) -> dict:
+    depth, hidden, heads = _SIZES[size]
+    return dict(depth=depth, hidden_size=hidden, num_heads=heads, patch_size=patch, input_size=32, in_channels=4,
+                num_classes=1000, learn_sigma=True, convention="dit" if family == "DiT" else "sit")
+
+
+# Official DiT/SiT sizes (DiT Table 1) on 256 px SD-VAE latents, plus the embedded testbed's pixel-space models.
+ARCHS: dict[str, dict] = {
+    f"{family}-{size}/{patch}": _preset(family, size, patch)
+    for family in ("DiT", "SiT") for size in _SIZES for patch in (2, 4, 8)
+}
+ARCHS["Testbed-S/4"] = dict(depth=6, hidden_size=128, num_heads=4, patch_size=4, input_size=32, in_channels=3,
+                            num_classes=8, learn_sigma=False, class_in_tokens=True, convention="sit",
+                            decoder_hidden_size=96, decoder_depth=2, decoder_num_heads=4)
+ARCHS["Testbed-XS/4"] = dict(ARCHS["Testbed-S/4"], depth=4, hidden_size=96, num_heads=4)
+
+
+@dataclass
+class ModelSpec:
+    """One entry of a suite's [models.*] table, resolved; any DiTConfig field may override the preset."""
+
+    arch: str
+    checkpoint: str | None = None
+    sparsity: str = "none"
+    route: tuple[int, int] | None = None
+    vae: str | None = None
+    overrides: dict = field(default_factory=dict)  # e.g. learn_sigma, num_classes, input_size, convention
+
+    def config(self) -> tuple[DiTConfig, str]:
+        """The DiTConfig and the convention name this spec describes."""
+        if self.arch not in ARCHS:
+            raise KeyError(f"unknown architecture {self.arch!r}; known: {', '.join(sorted(ARCHS))}")
+        kwargs = {**ARCHS[self.arch], **self.overrides}
+        convention = kwargs.pop("convention")
+        if convention not in CONVENTIONS:
+            raise KeyError(f"unknown convention {convention!r}; known: {', '.join(CONVENTIONS)}")
+        route = tuple(self.route) if self.route is not None else None
+        known = {f.name for f in fields(DiTConfig)}
+        unknown = set(kwargs) - known
+        if unknown:
+            raise KeyError(f"unknown model option(s) {sorted(unknown)}")
+        return DiTConfig(**kwargs, sparsity=self.sparsity, route=route), convention
+
+
+def build_model(spec: ModelSpec, device: torch.device | str = "cpu", root: Path | None = None,
+                meta: bool = False) -> FlowModel:
+    """The adapter-wrapped model of `spec`, weights loaded from its checkpoint (random when it has none).
+
+    `meta=True` builds it on the meta device (no memory, no weights) for FLOP counting.
+    """
+    config, convention = spec.config()
+    if meta:
+        with torch.device("meta"):
+            net = SparseDiT(config)
+        return FlowModel(net, convention)
+    net = SparseDiT(config)
+    if spec.checkpoint:
+        path = Path(spec.checkpoint)
+        if root is not None and not path.is_absolute():
+            path = root / path
+        load_checkpoint(net, path)
+    return FlowModel(net.to(device).eval(), convention)
+
+
+__all__ = ["ARCHS", "CONVENTIONS", "DiTConfig", "FlowModel", "ModelSpec", "SparseDiT", "build_model",
+           "load_checkpoint"]

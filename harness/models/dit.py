@@ -1,0 +1,335 @@
+"""The token-sparse DiT/SiT backbone: one plain-PyTorch transformer with TREAD routing and MaskDiT masking.
+
+Module names follow the official DiT/SiT code (facebookresearch/DiT, willisma/SiT models.py) so their state dicts
+load unchanged: `x_embedder.proj`, `t_embedder.mlp`, `y_embedder.embedding_table`, `blocks.{i}.attn.qkv`, ...
+Token sparsity (SG paper, Eqs. 4-5): `gamma` is the fraction of tokens routed around blocks route[0]..route[1]
+(routing) or dropped before the encoder and replaced by a learned mask token before the decoder (masking).
+Which tokens are dropped is drawn per image from that image's own generator, so a batch never mixes streams.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#################################################################################
+#                     Embeddings for positions, timesteps, labels               #
+#################################################################################
+
+
+def sincos_pos_embed_2d(dim: int, grid_size: int) -> np.ndarray:
+    """Fixed 2-D sin-cos position table (grid_size**2, dim), as DiT/MAE build it (w coordinate first)."""
+    grid_h, grid_w = np.meshgrid(np.arange(grid_size, dtype=np.float64), np.arange(grid_size, dtype=np.float64))
+
+    def one_axis(d: int, pos: np.ndarray) -> np.ndarray:
+        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    return np.concatenate([one_axis(dim // 2, grid_h), one_axis(dim // 2, grid_w)], axis=1)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches to tokens with one strided conv (timm's PatchEmbed, key `proj`)."""
+
+    def __init__(self, patch_size: int, in_channels: int, hidden_size: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+
+
+class TimestepEmbedder(nn.Module):
+    """Scalar time -> vector: 256-d sinusoid (cos half first), then a 2-layer MLP."""
+
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+        )
+        self.frequency_embedding_size = frequency_embedding_size
+
+    @staticmethod
+    def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+        half = dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        args = t[:, None].float() * freqs[None]
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.timestep_embedding(t, self.frequency_embedding_size))
+
+
+class LabelEmbedder(nn.Module):
+    """Class label -> vector; index `num_classes` is the null class used by CFG (no dropout in here)."""
+
+    def __init__(self, num_classes: int, hidden_size: int):
+        super().__init__()
+        self.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
+        self.num_classes = num_classes
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.embedding_table(labels)
+
+
+#################################################################################
+#                                 Core blocks                                   #
+#################################################################################
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection (timm's Attention, qkv_bias=True)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, heads, N, C/heads)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero transformer block; `cond_size` differs from `hidden_size` only in the MaskDiT decoder."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, cond_size: int | None = None):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(hidden_size, num_heads)
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_size or hidden_size, 6 * hidden_size))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
+        return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int, cond_size: int | None = None):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_size or hidden_size, 2 * hidden_size))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+#################################################################################
+#                              Token selection                                  #
+#################################################################################
+
+
+def num_sparse(num_tokens: int, gamma: float) -> int:
+    """Tokens routed or dropped at rate gamma: int(N * gamma), as TREAD's Router.get_mask counts them."""
+    if not 0.0 <= gamma < 1.0:
+        raise ValueError(f"gamma must lie in [0, 1), got {gamma}")
+    return int(num_tokens * gamma)
+
+
+def select_tokens(
+    batch: int, num_tokens: int, gamma: float, generators: Sequence[torch.Generator] | None, device: torch.device
+) -> torch.Tensor:
+    """Indices (B, N - int(N*gamma)) of the tokens each image keeps, chosen uniformly at random.
+
+    With `generators` (one per image) the draw comes from each image's own stream on the CPU, so an image's
+    selection never depends on the batch it sits in; without them (training) the global RNG is used.
+    """
+    keep = num_tokens - num_sparse(num_tokens, gamma)
+    if generators is None:
+        noise = torch.rand(batch, num_tokens, device=device)
+    else:
+        if len(generators) != batch:
+            raise ValueError(f"got {len(generators)} generators for a batch of {batch}")
+        noise = torch.stack([torch.rand(num_tokens, generator=g) for g in generators]).to(device)
+    return noise.argsort(dim=1)[:, :keep]
+
+
+def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+#################################################################################
+#                                 The model                                     #
+#################################################################################
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Everything that fixes the parameter shapes and the sparsity mechanics of one backbone."""
+
+    input_size: int = 32
+    patch_size: int = 2
+    in_channels: int = 4
+    hidden_size: int = 1152
+    depth: int = 28
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    num_classes: int = 1000
+    learn_sigma: bool = True
+    sparsity: str = "none"  # "none" | "routing" | "masking"
+    route: tuple[int, int] | None = None  # (first, last) block inside the route, 0-based, inclusive
+    decoder_hidden_size: int = 512  # masking only: MaskDiT's decoder
+    decoder_depth: int = 8
+    decoder_num_heads: int = 16
+    class_in_tokens: bool = False  # also add the label embedding to every token (testbed models)
+
+    def __post_init__(self) -> None:
+        if self.sparsity not in ("none", "routing", "masking"):
+            raise ValueError(f"sparsity must be none, routing or masking, got {self.sparsity!r}")
+        if self.sparsity == "routing":
+            if self.route is None:
+                raise ValueError("routing needs a route [first, last]")
+            first, last = self.route
+            if not 0 <= first <= last < self.depth:
+                raise ValueError(f"route {list(self.route)} lies outside blocks 0..{self.depth - 1}")
+        if self.input_size % self.patch_size:
+            raise ValueError(f"input_size {self.input_size} is not a multiple of patch_size {self.patch_size}")
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.input_size // self.patch_size) ** 2
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels * 2 if self.learn_sigma else self.in_channels
+
+
+class SparseDiT(nn.Module):
+    """DiT/SiT with optional TREAD routing or MaskDiT masking at any rate gamma, in training and eval mode."""
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.config = cfg = config
+        grid = cfg.input_size // cfg.patch_size
+        self.x_embedder = PatchEmbed(cfg.patch_size, cfg.in_channels, cfg.hidden_size)
+        self.t_embedder = TimestepEmbedder(cfg.hidden_size)
+        self.y_embedder = LabelEmbedder(cfg.num_classes, cfg.hidden_size)
+        # Fixed table, kept as a frozen Parameter so the official checkpoints' `pos_embed` key loads.
+        pos = torch.from_numpy(sincos_pos_embed_2d(cfg.hidden_size, grid)).float().unsqueeze(0)
+        self.pos_embed = nn.Parameter(pos, requires_grad=False)
+        self.blocks = nn.ModuleList(
+            [DiTBlock(cfg.hidden_size, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth)]
+        )
+        width = cfg.hidden_size
+        if cfg.sparsity == "masking":
+            width = cfg.decoder_hidden_size
+            self.decoder_embed = nn.Linear(cfg.hidden_size, width)
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+            dec_pos = torch.from_numpy(sincos_pos_embed_2d(width, grid)).float().unsqueeze(0)
+            self.decoder_pos_embed = nn.Parameter(dec_pos, requires_grad=False)
+            self.decoder_blocks = nn.ModuleList(
+                [
+                    DiTBlock(width, cfg.decoder_num_heads, cfg.mlp_ratio, cond_size=cfg.hidden_size)
+                    for _ in range(cfg.decoder_depth)
+                ]
+            )
+        self.final_layer = FinalLayer(width, cfg.patch_size, cfg.out_channels, cond_size=cfg.hidden_size)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """DiT's initialisation: xavier linears, N(0, 0.02) embeddings, zeroed adaLN and output layers."""
+
+        def basic(module: nn.Module) -> None:
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+        self.apply(basic)
+        w = self.x_embedder.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.proj.bias)
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        for block in [*self.blocks, *getattr(self, "decoder_blocks", [])]:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        for layer in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        if self.config.sparsity == "masking":
+            nn.init.normal_(self.mask_token, std=0.02)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, p*p*C) -> (B, C, H, W)."""
+        c, p = self.config.out_channels, self.config.patch_size
+        h = w = int(x.shape[1] ** 0.5)
+        x = x.reshape(x.shape[0], h, w, p, p, c)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, h * p, w * p)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor,
+        gamma: float = 0.0,
+        generators: Sequence[torch.Generator] | None = None,
+    ) -> torch.Tensor:
+        """Raw network output (B, out_channels, H, W) at token sparsity `gamma` (0 = the dense forward).
+
+        x: (B, C, H, W) input; t: (B,) time in the checkpoint's own convention; y: (B,) labels (null = num_classes).
+        """
+        cfg = self.config
+        if gamma > 0 and cfg.sparsity == "none":
+            raise ValueError("this model was built without token sparsity; gamma must be 0")
+        x = self.x_embedder(x) + self.pos_embed  # (B, N, D)
+        y_emb = self.y_embedder(y)
+        c = self.t_embedder(t) + y_emb  # (B, D)
+        if cfg.class_in_tokens:
+            x = x + y_emb.unsqueeze(1)
+        B, N, _ = x.shape
+        sparse = num_sparse(N, gamma) > 0
+        ids = select_tokens(B, N, gamma, generators, x.device) if sparse else None
+
+        if cfg.sparsity == "masking":
+            if sparse:
+                x = gather_tokens(x, ids)  # (B, N_keep, D): the encoder sees only kept tokens
+            for block in self.blocks:
+                x = block(x, c)
+            x = self.decoder_embed(x)
+            if sparse:  # mask tokens fill the dropped positions, then the sequence is put back in order
+                full = self.mask_token.to(x.dtype).expand(B, N, x.shape[-1]).clone()
+                x = full.scatter(1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x)
+            x = x + self.decoder_pos_embed
+            for block in self.decoder_blocks:
+                x = block(x, c)
+        else:
+            first, last = cfg.route if cfg.route is not None else (-1, -1)
+            saved = None
+            for i, block in enumerate(self.blocks):
+                if sparse and i == first:
+                    saved, x = x, gather_tokens(x, ids)  # (B, N_keep, D) inside the route
+                x = block(x, c)
+                if sparse and i == last:  # routed tokens re-enter unchanged from before block `first`
+                    x = saved.scatter(1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x)
+        return self.unpatchify(self.final_layer(x, c))  # (B, out_channels, H, W)

@@ -1,0 +1,186 @@
+"""Flow-matching samplers over a guided denoiser, with one random generator per image.
+
+Time runs from t = 0 (noise) to t = 1 (data); x_t = (1 - t) * noise + t * x and the models predict x - noise.
+Every random draw for image i (label, initial noise, token selections, ICG condition, SDE noise) comes from its own
+generator seeded with its seed, so image i is the same whatever batch or process it is generated in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from harness.guidance import GuidanceSpec, combine
+from harness.models.adapters import FlowModel
+
+SAMPLERS = ("euler", "heun", "euler_maruyama")
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """Sampler kind and steps; `shift` > 1 spends more steps near noise (SD3's shift); SDE settings as SiT's."""
+
+    kind: str = "euler"
+    steps: int = 40
+    shift: float = 1.0
+    last_step: float = 0.04  # euler_maruyama: final deterministic mean step, as SiT's `--last-step-size`
+    diffusion_norm: float = 1.0  # euler_maruyama: w(t) = norm * (1 - t), SiT's `sigma` diffusion form
+
+    def __post_init__(self) -> None:
+        if self.kind not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.kind!r}; known: {', '.join(SAMPLERS)}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+    def time_grid(self) -> torch.Tensor:
+        """steps + 1 increasing times (float64) from 0 to 1 (to 1 - last_step for the SDE, whose mean step ends at 1)."""
+        if self.kind == "euler_maruyama":
+            return torch.linspace(0.0, 1.0 - self.last_step, self.steps, dtype=torch.float64)
+        sigma = torch.linspace(1.0, 0.0, self.steps + 1, dtype=torch.float64)
+        sigma = self.shift * sigma / (1 + (self.shift - 1) * sigma)
+        return 1.0 - sigma
+
+    def evaluations(self) -> list[tuple[float, float]]:
+        """(t, progress) of every denoiser call, in order; progress = step / (steps - 1)."""
+        grid = self.time_grid().tolist()
+        denom = max(self.steps - 1, 1)
+        if self.kind == "heun":
+            return [(t, k / denom) for k in range(self.steps) for t in (grid[k], grid[k + 1])]
+        return [(grid[k], k / denom) for k in range(self.steps)]
+
+    @property
+    def nfe(self) -> int:
+        """Denoiser calls per image (each may run one or two branches)."""
+        return len(self.evaluations())
+
+
+def make_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per image."""
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+def draw_labels(generators: Sequence[torch.Generator], num_classes: int) -> torch.Tensor:
+    """One uniform class per image, drawn first from its generator."""
+    return torch.cat([torch.randint(num_classes, (1,), generator=g) for g in generators])
+
+
+def draw_noise(generators: Sequence[torch.Generator], shape: Sequence[int]) -> torch.Tensor:
+    """(B, *shape) standard normal noise, image i from generator i, on the CPU."""
+    return torch.stack([torch.randn(tuple(shape), generator=g) for g in generators])
+
+
+class GuidedDenoiser:
+    """The guided velocity of one run: evaluates the branches the method needs and combines them.
+
+    Branches with the same model and the same number of sparse tokens (CFG, ICG) share one batched forward; each
+    image's generator is still consumed in the same order (condition, strong selection, weak selection).
+    """
+
+    def __init__(self, models: Mapping[str, FlowModel], guidance: GuidanceSpec):
+        weak = guidance.weak
+        if weak is not None and weak.model not in models:
+            raise KeyError(f"method {guidance.method!r} needs a {weak.model!r} model")
+        self.models = models
+        self.guidance = guidance
+        self.calls: list[list[tuple[str, float]]] = []  # (model, gamma) per call, for accounting and tests
+
+    def _cond(self, kind: str, cond: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        if kind == "c":
+            return cond
+        if kind == "null":
+            return self.models["main"].null_condition(cond)
+        return self.models["main"].random_condition(cond, generators)
+
+    def __call__(
+        self, x: torch.Tensor, t: float, progress: float, cond: torch.Tensor, generators: Sequence[torch.Generator]
+    ) -> torch.Tensor:
+        branches = self.guidance.branches_at(t, progress)
+        self.calls.append([(b.model, g) for b, g in branches])
+        conds = [self._cond(b.cond, cond, generators) for b, _ in branches]
+        tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+        (strong, g_s), *rest = branches
+        model = self.models[strong.model]
+        if not rest:
+            return model.velocity(x, tt, conds[0], g_s, generators)
+        (weak, g_w) = rest[0]
+        n = model.config.num_tokens
+        if weak.model == strong.model and int(n * g_s) == int(n * g_w):
+            both = model.velocity(
+                torch.cat([x, x]), torch.cat([tt, tt]), torch.cat(conds), g_s, [*generators, *generators]
+            )
+            v_strong, v_weak = both.chunk(2)
+        else:
+            v_strong = model.velocity(x, tt, conds[0], g_s, generators)
+            v_weak = self.models[weak.model].velocity(x, tt, conds[1], g_w, generators)
+        return combine(v_strong, v_weak, self.guidance.omega, self.guidance.cfg_channels)
+
+
+Denoise = Callable[[torch.Tensor, float, float, torch.Tensor, Sequence[torch.Generator]], torch.Tensor]
+
+
+@torch.no_grad()
+def sample(
+    denoise: Denoise,
+    noise: torch.Tensor,
+    cond: torch.Tensor,
+    generators: Sequence[torch.Generator],
+    sampler: SamplerSpec,
+) -> torch.Tensor:
+    """Integrate from t = 0 (noise) to t = 1 with Euler, Heun, or SiT's Euler-Maruyama SDE; returns x at t = 1."""
+    grid = sampler.time_grid().tolist()
+    denom = max(sampler.steps - 1, 1)
+    x = noise
+    if sampler.kind == "euler_maruyama":
+        norm = sampler.diffusion_norm
+        for k in range(sampler.steps):
+            t = grid[k]
+            v = denoise(x, t, k / denom, cond, generators)
+            drift = v + norm * (t * v - x)  # v + w(t) * score, score = (t v - x) / (1 - t), w = norm (1 - t)
+            if k + 1 < sampler.steps:
+                dt = grid[k + 1] - t
+                dw = draw_noise(generators, x.shape[1:]).to(x.device, x.dtype) * dt**0.5
+                x = x + drift * dt + (2 * norm * (1 - t)) ** 0.5 * dw
+            else:  # SiT's `last_step = Mean`: the noiseless mean step to t = 1
+                x = x + drift * (1.0 - t)
+        return x
+    for k in range(sampler.steps):
+        t, t_next = grid[k], grid[k + 1]
+        v = denoise(x, t, k / denom, cond, generators)
+        if sampler.kind == "heun":
+            x_euler = x + (t_next - t) * v
+            v = 0.5 * (v + denoise(x_euler, t_next, k / denom, cond, generators))
+        x = x + (t_next - t) * v
+    return x
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3) by clamp(127.5 x + 128, 0, 255), as DiT/SiT convert samples."""
+    return (127.5 * images + 128.0).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def generate(
+    models: Mapping[str, FlowModel],
+    guidance: GuidanceSpec,
+    sampler: SamplerSpec,
+    seeds: Sequence[int],
+    labels: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images (uint8 NHWC) and labels for `seeds`: labels drawn from each seed's generator unless given.
+
+    `decode` maps model space to pixels in [-1, 1] (a VAE); pixel-space models need none.
+    """
+    main = models["main"]
+    generators = make_generators(seeds)
+    if labels is None:
+        labels = draw_labels(generators, main.num_classes)
+    cfg = main.config
+    noise = draw_noise(generators, (cfg.in_channels, cfg.input_size, cfg.input_size)).to(device)
+    x = sample(GuidedDenoiser(models, guidance), noise, labels.to(device), generators, sampler)
+    pixels = decode(x) if decode is not None else x
+    return to_uint8(pixels.float()), labels.cpu().numpy()
