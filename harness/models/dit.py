@@ -294,10 +294,12 @@ class SparseDiT(nn.Module):
         y: torch.Tensor,
         gamma: float = 0.0,
         generators: Sequence[torch.Generator] | None = None,
+        ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Raw network output (B, out_channels, H, W) at token sparsity `gamma` (0 = the dense forward).
 
         x: (B, C, H, W) input; t: (B,) time in the checkpoint's own convention; y: (B,) labels (null = num_classes).
+        `ids` (B, N_keep), when given, fixes the kept tokens instead of drawing them (training losses need them).
         """
         cfg = self.config
         if gamma > 0 and cfg.sparsity == "none":
@@ -309,7 +311,8 @@ class SparseDiT(nn.Module):
             x = x + y_emb.unsqueeze(1)
         B, N, _ = x.shape
         sparse = num_sparse(N, gamma) > 0
-        ids = select_tokens(B, N, gamma, generators, x.device) if sparse else None
+        if sparse and ids is None:
+            ids = select_tokens(B, N, gamma, generators, x.device)
 
         if cfg.sparsity == "masking":
             if sparse:

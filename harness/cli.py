@@ -1,0 +1,185 @@
+"""`harness plan | generate | evaluate | report | bench | adm-eval | reference`: the command line.
+
+Stages import their modules only when they run, so `harness --help` and a suite error answer at once. A user
+error (HarnessError) prints its message on stderr and exits with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+# Subcommands whose parser and entry point live in another module: (module, add_<x>_parser(subparsers)).
+# Their arguments are parsed by that module's own parser, imported only when the subcommand runs.
+DELEGATED = {
+    "plan": ("harness.plan", "add_plan_parser", "every run's method, gammas, NFE and FLOPs; needs no weights"),
+    "report": ("harness.report", "add_report_parser", "results table, Pareto plots, paper tables, report.md"),
+    "adm-eval": ("harness.metrics.adm_eval", "add_adm_eval_parser",
+                 "ADM's evaluator.py in PyTorch: IS, FID, sFID, precision, recall of two batches"),
+    "reference": ("harness.metrics.reference", "add_reference_parser",
+                  "write an ADM-format reference batch from images"),
+}
+
+
+#################################################################################
+#                                   Parsers                                     #
+#################################################################################
+
+
+def _suite_args(parser: argparse.ArgumentParser, *, samples: bool) -> None:
+    parser.add_argument("suite", help="suite TOML file, e.g. suites/testbed.toml")
+    parser.add_argument("--only", metavar="REGEX", help="only the runs whose id matches this regular expression")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu; cuda:LOCAL_RANK "
+                                         "per process under torchrun)")
+    parser.add_argument("--out", metavar="DIR", help="runs folder, holding <suite>/<run-id>/ (default: ROOT/runs)")
+    parser.add_argument("--root", metavar="DIR", help="folder that relative paths in the suite are relative to "
+                                                      "(default: the current directory)")
+    if samples:
+        parser.add_argument("--samples", type=int, metavar="N", help="images per run, overriding the suite")
+        parser.add_argument("--fresh", action="store_true",
+                            help="delete the selected runs' earlier output and start over")
+        parser.add_argument("--adm-npz", action="store_true",
+                            help="also write samples.npz (ADM's format, arr_0 only) in each run folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser; delegated subcommands appear in its help and are parsed by their own module."""
+    parser = argparse.ArgumentParser(prog="harness", description="Benchmark guidance methods for token-sparse "
+                                                                 "diffusion transformers.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    gen = sub.add_parser("generate", help="generate the samples of a suite's runs (resumable; torchrun-aware)")
+    _suite_args(gen, samples=True)
+    ev = sub.add_parser("evaluate", help="compute the suite's metrics for each generated run (metrics.json)")
+    _suite_args(ev, samples=False)
+    bench = sub.add_parser("bench", help="generate, measure cost, evaluate and report a suite")
+    _suite_args(bench, samples=True)
+    bench.add_argument("--reports", metavar="DIR", help="reports folder (default: ROOT/reports)")
+    for name, (_, _, text) in DELEGATED.items():
+        sub.add_parser(name, help=text, add_help=False)
+    return parser
+
+
+#################################################################################
+#                                   Stages                                      #
+#################################################################################
+
+
+def _load(args: argparse.Namespace):
+    from harness.suite import load_suite
+
+    suite = load_suite(args.suite, root=args.root, samples=getattr(args, "samples", None))
+    return suite, suite.select(args.only)
+
+
+def _runs_root(args: argparse.Namespace, suite) -> Path:
+    return Path(args.out) if args.out else suite.root / "runs"
+
+
+def _generate(args: argparse.Namespace, suite, runs) -> None:
+    from harness import distributed
+    from harness.runner import generate_suite
+
+    results = generate_suite(suite, runs, _runs_root(args, suite), args.device, fresh=args.fresh,
+                             adm_npz=args.adm_npz)
+    for r in results:
+        rate = f", {r.generated / r.seconds:.2f} img/s" if r.generated and r.seconds > 0 else ""
+        distributed.print0(f"{r.run_id}: {r.generated} generated, {r.kept} kept{rate} -> {r.run_dir}")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """`harness generate SUITE`: samples of every selected run, resuming finished shards."""
+    suite, runs = _load(args)
+    _generate(args, suite, runs)
+    return 0
+
+
+def _stage(module: str, name: str, stage: str):
+    """A function another module provides for a stage, imported now; a HarnessError naming it when absent."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise HarnessError(f"the {stage} stage needs {module}.{name}, which is not available ({err})") from err
+
+
+def evaluate_runs(suite, runs, runs_root: Path, device: str | None) -> None:
+    """metrics.json for each run, all against the suite's reference (its features are extracted once)."""
+    from harness import distributed
+    from harness.runner import MANIFEST, run_dir_of
+
+    if not suite.metrics:
+        print(f"{suite.path}: [suite] metrics is empty; nothing to evaluate", file=sys.stderr)
+        return
+    if suite.reference is None:
+        raise HarnessError(f"{suite.path}: [suite] field 'reference' is needed to evaluate {list(suite.metrics)}")
+    missing = [r.run_id for r in runs if not (run_dir_of(runs_root, r) / MANIFEST).is_file()]
+    if missing:
+        raise HarnessError(f"run(s) {', '.join(missing)} have no samples under {runs_root / suite.name}; "
+                           "run `harness generate` first")
+    evaluator_cls = _stage("harness.metrics.evaluate", "Evaluator", "evaluate")
+    evaluator = evaluator_cls(str(suite.reference), distributed.resolve_device(device),
+                              reference_cache_dir=runs_root / suite.name)
+    for run in runs:
+        evaluator.evaluate(run_dir_of(runs_root, run), list(run.metrics))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """`harness evaluate SUITE`: metrics.json for each selected run."""
+    suite, runs = _load(args)
+    evaluate_runs(suite, runs, _runs_root(args, suite), args.device)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """`harness bench SUITE`: generate (every rank), then on rank 0 cost, evaluate and report; reruns resume."""
+    from harness import distributed
+
+    suite, runs = _load(args)
+    _generate(args, suite, runs)
+    if not distributed.is_main():
+        return 0
+    from harness.runner import measure_costs
+
+    runs_root = _runs_root(args, suite)
+    measure_costs(runs, runs_root, args.device)
+    evaluate_runs(suite, runs, runs_root, args.device)
+    reports = Path(args.reports) if args.reports else suite.root / "reports"
+    return run_delegated("report", [str(suite.path), "--runs-dir", str(runs_root), "--reports-dir", str(reports)])
+
+
+def run_delegated(command: str, argv: Sequence[str]) -> int:
+    """Parse `argv` with the owning module's parser for `command` and run the function it sets as func."""
+    module, adder, _ = DELEGATED[command]
+    add_parser = _stage(module, adder, command)
+    parser = argparse.ArgumentParser(prog="harness")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args([command, *argv])
+    return int(args.func(args) or 0)
+
+
+COMMANDS = {"generate": cmd_generate, "evaluate": cmd_evaluate, "bench": cmd_bench}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `harness` and `python -m harness`; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in DELEGATED:
+            return run_delegated(argv[0], argv[1:])
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except HarnessError as err:
+        print(f"harness: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("harness: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if "torch.distributed" in sys.modules:
+            from harness import distributed
+
+            distributed.shutdown()

@@ -1,0 +1,210 @@
+"""Compute accounting: FLOPs per image per sampling step in two conventions, and measured throughput and memory.
+
+FLOPs are multiply-accumulates (one multiply-add = 1, the field's "GFLOPs"), counted per image per sampling step
+and summed over the branches a run actually computes (guidance intervals and omega = 1 skip the weak branch, gamma
+schedules change the token count from step to step, AG's weak model may be another size):
+
+- `gflops`: linear and conv MACs, fused attention not counted: what fvcore's FlopCountAnalysis counts on these
+  models with F.scaled_dot_product_attention (its `linear` and `conv` handles; SDPA is an unsupported op, so 0).
+  The SG paper's convention: SiT-XL/2 + route r2->24 gives 114.39 dense (paper 114.42), 97.66 for SG(0.5, 0.9)
+  (paper 97.67). fvcore also adds 4 "flops" per element for each LayerNorm and 4096 for the unpatchify einsum; that
+  is not a MAC and is 0.06% of SiT-XL/2, so it is left out (tests check linear + conv against fvcore itself).
+- `gflops_full`: the attention matmuls (QK^T and AV) counted too, DiT's convention (dense DiT-XL/2 = 118.62).
+
+Both come from one pass of torch.utils.flop_counter.FlopCounterMode (2 FLOPs per MAC, halved here) over the network
+built under FakeTensorMode: shapes only, no weights, no arithmetic, so SiT-XL/2 is counted in a fraction of a
+second. fvcore itself cannot count this way: it traces with torch.jit.trace, which fails on meta and fake tensors
+(the meta convolution kernel receives traced sizes), so it would need the real 2.7 GB of SiT-XL/2 weights and ~10 s
+per count on a CPU. Under fake CPU tensors SDPA dispatches to aten._scaled_dot_product_flash_attention_for_cpu,
+which FlopCounterMode has no formula for; it gets the formula torch registers for the CUDA flash kernel, and that
+op's count is what separates the two conventions. A count depends on gamma only through int(N * gamma), the number
+of tokens routed or masked, so counts are cached per (config, token count).
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from harness.errors import HarnessError
+from harness.guidance import GuidanceSpec
+from harness.models import ModelSpec
+from harness.models.adapters import FlowModel
+from harness.models.dit import DiTConfig, SparseDiT, num_sparse
+from harness.sampling import GuidedDenoiser, SamplerSpec, draw_labels, draw_noise, make_generators, sample, to_uint8
+
+aten = torch.ops.aten
+# The fused attention kernels FlopCounterMode can see; their count is what `gflops` leaves out.
+ATTENTION_OPS = frozenset({
+    aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_dot_product_flash_attention,
+    aten._scaled_dot_product_efficient_attention, aten._scaled_dot_product_cudnn_attention,
+})
+
+
+def _cpu_flash_attention_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of the CPU flash-attention op: torch's own formula for its CUDA flash op, 2*b*h*s_q*s_k*(d_q + d_v)."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+@functools.lru_cache(maxsize=8)
+def _fake_network(config: DiTConfig) -> tuple[FakeTensorMode, SparseDiT]:
+    """The network of `config` with fake parameters (shapes only), and the mode that owns them."""
+    mode = FakeTensorMode()
+    with mode:
+        net = SparseDiT(config).eval()
+    return mode, net
+
+
+@functools.lru_cache(maxsize=None)
+def _count_tokens(config: DiTConfig, sparse_tokens: int) -> tuple[int, int]:
+    """(linear/conv FLOPs, attention FLOPs) of one single-image forward with `sparse_tokens` routed or masked."""
+    n = config.num_tokens
+    gamma = 0.0 if sparse_tokens == 0 else (sparse_tokens + 0.5) / n  # any gamma with int(n * gamma) = sparse_tokens
+    mode, net = _fake_network(config)
+    counter = FlopCounterMode(display=False, custom_mapping={
+        aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flop})
+    with mode, torch.no_grad(), sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        x = torch.empty(1, config.in_channels, config.input_size, config.input_size)
+        t = torch.empty(1)
+        y = torch.zeros(1, dtype=torch.long)
+        with counter:
+            net(x, t, y, gamma)
+    counts = counter.get_flop_counts()["Global"]
+    attention = sum(v for op, v in counts.items() if op in ATTENTION_OPS)
+    if attention == 0:
+        raise RuntimeError(f"FlopCounterMode saw no attention kernel among {sorted(map(str, counts))}")
+    return sum(counts.values()) - attention, attention
+
+
+def count_forward(config: DiTConfig, gamma: float) -> tuple[float, float]:
+    """GMACs of one network forward for one image at token sparsity gamma: (fvcore convention, full)."""
+    if gamma > 0 and config.sparsity == "none":
+        raise ValueError(f"a model with sparsity 'none' cannot run at gamma {gamma:g}")
+    linear, attention = _count_tokens(config, num_sparse(config.num_tokens, gamma))
+    return linear / 2e9, (linear + attention) / 2e9
+
+
+def run_cost(models: Mapping[str, ModelSpec], guidance: GuidanceSpec, sampler: SamplerSpec) -> dict[str, float | int]:
+    """FLOPs of one run: per image per sampling step (`gflops`, `gflops_full`), per image (`tflops_image`), NFE.
+
+    `models` maps the roles GuidedDenoiser uses ("main", and "weak" for ag / ag+sg) to their specs. Every denoiser
+    call of the sampler (SamplerSpec.evaluations) is charged the branches GuidanceSpec.branches_at says it computes,
+    each at its own gamma and on its own model; CFG's batched branches cost what two forwards cost (the count is
+    linear in the batch). Per step = per image over the whole sampling / steps (Heun's step makes two calls).
+    """
+    configs = {role: spec.config()[0] for role, spec in models.items()}
+    total = total_full = 0.0
+    nfe = 0
+    for t, progress in sampler.evaluations():
+        for branch, gamma in guidance.branches_at(t, progress):
+            if branch.model not in configs:
+                raise HarnessError(f"method {guidance.method!r} needs a {branch.model!r} model; got {sorted(models)}")
+            config = configs[branch.model]
+            if gamma > 0 and config.sparsity == "none":
+                raise HarnessError(f"the {branch.model!r} model ({models[branch.model].arch}) has sparsity 'none' "
+                                   f"but method {guidance.method!r} runs it at gamma {gamma:g}")
+            gmacs, gmacs_full = count_forward(config, gamma)
+            total += gmacs
+            total_full += gmacs_full
+            nfe += 1
+    return {"gflops": total / sampler.steps, "gflops_full": total_full / sampler.steps, "tflops_image": total / 1e3,
+            "nfe": nfe, "steps": sampler.steps}
+
+
+#################################################################################
+#                           Throughput and memory                               #
+#################################################################################
+
+
+def device_name(device: torch.device | str) -> str:
+    """The device as cost.json records it: `cuda:0 (NVIDIA H100 80GB HBM3)` or `cpu (x86_64, 2 threads)`."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return f"{device.type} ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak memory: allocated GPU memory since the last reset, or the process's peak RSS on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+@torch.no_grad()
+def measure_throughput(
+    models: Mapping[str, FlowModel],
+    guidance: GuidanceSpec,
+    sampler: SamplerSpec,
+    batch_size: int,
+    device: torch.device | str,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    warmup: int = 1,
+    repeats: int = 3,
+) -> dict[str, float | int | str | list[float]]:
+    """Time the real sampling loop (sample() over GuidedDenoiser) on batches of `batch_size`; JSON-ready dict.
+
+    `warmup` untimed batches first, then `repeats` timed ones, each between device synchronisations. `img_per_s`
+    and `sec_per_step` time the denoising loop alone; `img_per_s_e2e` also draws labels and noise, decodes with
+    `decode` (the VAE, when given) and converts to uint8, as generate() does. Both use the median batch.
+    `peak_mem_mb` is torch.cuda.max_memory_allocated over the timed batches on a GPU, the process's peak RSS on
+    a CPU (which cannot be reset, so it also covers whatever ran before in the process).
+    """
+    if batch_size < 1 or repeats < 1 or warmup < 0:
+        raise ValueError(f"need batch_size >= 1, repeats >= 1, warmup >= 0; got {batch_size}, {repeats}, {warmup}")
+    device = torch.device(device)
+    main = models["main"]
+    shape = (main.config.in_channels, main.config.input_size, main.config.input_size)
+    seeds = list(range(batch_size))
+
+    def one_batch() -> tuple[float, float]:
+        _sync(device)
+        start = time.perf_counter()
+        generators = make_generators(seeds)
+        labels = draw_labels(generators, main.num_classes).to(device)
+        noise = draw_noise(generators, shape).to(device)
+        _sync(device)
+        begin = time.perf_counter()
+        x = sample(GuidedDenoiser(models, guidance), noise, labels, generators, sampler)
+        _sync(device)
+        end = time.perf_counter()
+        to_uint8((decode(x) if decode is not None else x).float())
+        _sync(device)
+        return end - begin, time.perf_counter() - start
+
+    for _ in range(warmup):
+        one_batch()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timings = [one_batch() for _ in range(repeats)]
+    denoise = statistics.median(t for t, _ in timings)
+    e2e = statistics.median(t for _, t in timings)
+    return {
+        "img_per_s": batch_size / denoise,
+        "img_per_s_e2e": batch_size / e2e,
+        "sec_per_step": denoise / sampler.steps,
+        "peak_mem_mb": _peak_memory_mb(device),
+        "device": device_name(device),
+        "batch_size": batch_size,
+        "batch_seconds": [t for t, _ in timings],
+    }
+
+
+__all__ = ["ATTENTION_OPS", "count_forward", "device_name", "measure_throughput", "run_cost"]

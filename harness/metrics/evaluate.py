@@ -1,0 +1,288 @@
+"""The evaluate stage: features of a run's sample shards (cached in the run), metrics against a reference."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.errors import HarnessError
+from harness.metrics import FeatureExtractor, build_extractor, get_extractor_spec, get_metric
+from harness.metrics.frechet import GaussianStats, frechet_distance, gaussian_stats
+from harness.metrics.inception_score import inception_score
+from harness.metrics.precision_recall import ADM_TILE, precision_recall
+from harness.metrics.reference import (
+    NpzArrayReader,
+    npz_image_count,
+    open_image_source,
+    read_reference_stats,
+)
+
+SHARD_NAME = re.compile(r"^samples-(\d+)\.npz$")
+METRICS_FILE = "metrics.json"
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write path through a temporary name in the same folder and os.replace, so readers never see half a file."""
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(temp)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Atomically save arrays as an uncompressed .npz."""
+
+    def write(temp: Path) -> None:
+        with open(temp, "wb") as f:
+            np.savez(f, **arrays)
+
+    _atomic_write(path, write)
+
+
+def _load_cached(path: Path, signature: str) -> dict[str, np.ndarray] | None:
+    """Features cached at path if the file exists and was made from the same inputs, else None."""
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        if "signature" not in data.files or str(data["signature"]) != signature:
+            return None
+        return {key: data[key] for key in data.files if key != "signature"}
+
+
+class Reference:
+    """Reference images that samples are compared with, plus ADM's precomputed Inception statistics if any."""
+
+    def __init__(
+        self,
+        name: str,
+        identity: str,
+        num_images: int,
+        chunks: Callable[[], Iterator[np.ndarray]],
+        stats: Mapping[str, GaussianStats] | None = None,
+    ) -> None:
+        self.name, self.identity, self.num_images = name, identity, num_images
+        self.chunks = chunks  # a fresh iterator of uint8 NHWC chunks per call
+        self.stats = dict(stats or {})  # Inception statistics by feature key ("pool", "spatial")
+
+    @classmethod
+    def from_npz(cls, path: str | os.PathLike) -> Reference:
+        """An ADM reference batch: images streamed from arr_0; mu/sigma, mu_s/sigma_s used for FID/sFID."""
+        path = Path(path)
+        if not path.is_file():
+            raise HarnessError(f"reference batch {path} does not exist")
+        info = path.stat()
+        identity = f"{path.resolve()}:{info.st_size}:{info.st_mtime_ns}"
+        return cls(str(path), identity, npz_image_count(path), lambda: open_image_source(path)[1],
+                   read_reference_stats(path))
+
+    @classmethod
+    def from_array(cls, images: np.ndarray, name: str = "array") -> Reference:
+        """Reference images held in memory (uint8 [N, H, W, 3]); statistics are computed from them."""
+        shape, _ = open_image_source(images)
+        identity = hashlib.sha256(np.ascontiguousarray(images).data).hexdigest()
+        return cls(name, identity, shape[0], lambda: open_image_source(images)[1])
+
+    @classmethod
+    def from_source(cls, source: Reference | str | os.PathLike | np.ndarray) -> Reference:
+        """A Reference from an ADM .npz path, an image folder or an array (a Reference is returned as is)."""
+        if isinstance(source, Reference):
+            return source
+        if isinstance(source, np.ndarray):
+            return cls.from_array(source)
+        path = Path(source)
+        if path.is_dir():
+            shape, _ = open_image_source(path)
+            identity = f"{path.resolve()}:{shape}"
+            return cls(str(path), identity, shape[0], lambda: open_image_source(path)[1])
+        return cls.from_npz(path)
+
+
+def list_shards(run_dir: str | os.PathLike) -> list[Path]:
+    """The run's sample shards in index order, checked to be contiguous from index 0."""
+    run_dir = Path(run_dir)
+    found = [(int(m.group(1)), p) for p in run_dir.glob("samples-*.npz") if (m := SHARD_NAME.match(p.name))]
+    if not found:
+        raise HarnessError(f"{run_dir}: no sample shards (samples-<first index>.npz)")
+    found.sort()
+    expected = 0
+    for first, path in found:
+        if first != expected:
+            raise HarnessError(f"{path}: starts at index {first}, expected {expected} (missing or overlapping shard)")
+        expected += npz_image_count(path)
+    return [path for _, path in found]
+
+
+def _shard_images(shards: Sequence[Path]) -> Iterator[np.ndarray]:
+    """arr_0 of each shard in order (uint8 NHWC), one shard in memory at a time."""
+    for shard in shards:
+        with NpzArrayReader(shard, "arr_0") as reader:
+            if reader.dtype != np.uint8 or len(reader.shape) != 4 or reader.shape[-1] != 3:
+                raise HarnessError(f"{shard}: arr_0 must be uint8 [N, H, W, 3], got {reader.dtype} {reader.shape}")
+            yield from reader.batches(len(reader))
+
+
+def shard_labels(shards: Sequence[Path]) -> np.ndarray:
+    """The class labels of all samples, concatenated in index order."""
+    labels = []
+    for shard in shards:
+        with np.load(shard, allow_pickle=False) as data:
+            if "labels" not in data.files:
+                raise HarnessError(f"{shard}: no 'labels' array (needed for class_acc)")
+            labels.append(data["labels"])
+    return np.concatenate(labels)
+
+
+def compute_metrics(
+    names: Sequence[str],
+    samples: Callable[[str], Mapping[str, np.ndarray]],
+    reference: Callable[[str], Mapping[str, np.ndarray]],
+    reference_stats: Mapping[str, GaussianStats] | None = None,
+    labels: Callable[[], np.ndarray] | None = None,
+    device: str | torch.device = "cpu",
+    tile: int = ADM_TILE,
+    sample_stats: Mapping[str, GaussianStats] | None = None,
+) -> dict[str, float]:
+    """Metric values from features: samples(extractor) and reference(extractor) give {key: [N, D]} and are called
+    only when needed; precomputed Inception statistics (by feature key) are preferred, as ADM does."""
+    specs = [get_metric(name) for name in names]
+    results: dict[str, float] = {}
+    pr_cache: dict[str, tuple[float, float]] = {}
+    for spec in specs:
+        if spec.kind == "fd":
+            precomputed = spec.extractor == "inception"
+            ref_stats = (reference_stats or {}).get(spec.feature) if precomputed else None
+            sam_stats = (sample_stats or {}).get(spec.feature) if precomputed else None
+            ref_stats = ref_stats or gaussian_stats(reference(spec.extractor)[spec.feature])
+            sam_stats = sam_stats or gaussian_stats(samples(spec.extractor)[spec.feature])
+            # ADM's order: sample statistics first
+            results[spec.name] = frechet_distance(sam_stats, ref_stats)
+        elif spec.kind == "is":
+            results[spec.name] = inception_score(samples(spec.extractor)[spec.feature])
+        elif spec.kind in ("precision", "recall"):
+            if spec.extractor not in pr_cache:
+                ref_pool, sam_pool = reference(spec.extractor)[spec.feature], samples(spec.extractor)[spec.feature]
+                pr_cache[spec.extractor] = precision_recall(ref_pool, sam_pool, tile=tile, device=device)
+            results[spec.name] = pr_cache[spec.extractor][0 if spec.kind == "precision" else 1]
+        elif spec.kind == "class_acc":
+            if labels is None:
+                raise HarnessError(f"{spec.name} needs the samples' class labels")
+            predicted, truth = np.asarray(samples(spec.extractor)[spec.feature]).argmax(axis=1), labels()
+            if len(truth) != len(predicted):
+                raise HarnessError(f"{spec.name}: {len(truth)} labels for {len(predicted)} samples")
+            results[spec.name] = float(np.mean(predicted == truth))
+    return results
+
+
+class Evaluator:
+    """Computes metrics of runs against one reference, reusing extractors and reference features across runs."""
+
+    def __init__(
+        self,
+        reference: Reference | str | os.PathLike | np.ndarray,
+        device: str | torch.device = "cpu",
+        batch_size: int = 64,
+        extractor_options: Mapping[str, Mapping[str, object]] | None = None,
+        reference_cache_dir: str | os.PathLike | None = None,
+        progress: bool = True,
+        tile: int = ADM_TILE,
+    ) -> None:
+        self.reference = Reference.from_source(reference)
+        self.device = torch.device(device)
+        self.batch_size, self.progress, self.tile = batch_size, progress, tile
+        self.extractor_options = {name: dict(opts) for name, opts in (extractor_options or {}).items()}
+        self.reference_cache_dir = Path(reference_cache_dir) if reference_cache_dir else None
+        self._extractors: dict[str, FeatureExtractor] = {}
+        self._reference_features: dict[str, dict[str, np.ndarray]] = {}
+
+    def extractor(self, name: str) -> FeatureExtractor:
+        """The named extractor, built once on this evaluator's device."""
+        if name not in self._extractors:
+            self._extractors[name] = build_extractor(name, self.device, **self.extractor_options.get(name, {}))
+        return self._extractors[name]
+
+    def reference_features(self, name: str) -> dict[str, np.ndarray]:
+        """Features of the reference images, kept in memory and (with a cache dir) on disk."""
+        if name in self._reference_features:
+            return self._reference_features[name]
+        extractor = self.extractor(name)
+        signature = f"{extractor.cache_key}|{self.reference.identity}"
+        path = None
+        if self.reference_cache_dir is not None:
+            digest = hashlib.sha256(signature.encode()).hexdigest()[:16]
+            path = self.reference_cache_dir / f"reference-features-{name}-{digest}.npz"
+        features = _load_cached(path, signature) if path else None
+        if features is None:
+            features = extractor.extract(
+                self.reference.chunks(), self.reference.num_images, self.batch_size, f"{name} reference", self.progress
+            )
+            if path:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _save_npz(path, {**features, "signature": np.array(signature)})
+        self._reference_features[name] = features
+        return features
+
+    def run_features(self, run_dir: str | os.PathLike, name: str, shards: Sequence[Path]) -> dict[str, np.ndarray]:
+        """Features of the run's samples, cached as features-<name>.npz in the run dir for the same shards."""
+        extractor = self.extractor(name)
+        stamp = ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in shards)
+        signature = f"{extractor.cache_key}|{stamp}"
+        path = Path(run_dir) / f"features-{name}.npz"
+        features = _load_cached(path, signature)
+        if features is None:
+            total = sum(npz_image_count(p) for p in shards)
+            images = _shard_images(shards)
+            features = extractor.extract(images, total, self.batch_size, f"{name} samples", self.progress)
+            _save_npz(path, {**features, "signature": np.array(signature)})
+        return features
+
+    def evaluate(self, run_dir: str | os.PathLike, metrics: Sequence[str]) -> dict[str, float]:
+        """Compute metrics for one run and merge them into its metrics.json; returns the new values."""
+        run_dir = Path(run_dir)
+        for name in metrics:
+            spec = get_metric(name)
+            provided = get_extractor_spec(spec.extractor).provides
+            if spec.feature not in provided:
+                raise HarnessError(f"metric {name} needs '{spec.feature}' features, which {spec.extractor} lacks")
+        shards = list_shards(run_dir)
+        sample_features: dict[str, dict[str, np.ndarray]] = {}
+
+        def samples(name: str) -> dict[str, np.ndarray]:
+            if name not in sample_features:
+                sample_features[name] = self.run_features(run_dir, name, shards)
+            return sample_features[name]
+
+        results = compute_metrics(
+            metrics, samples, self.reference_features, self.reference.stats, lambda: shard_labels(shards),
+            self.device, self.tile,
+        )
+        path = run_dir / METRICS_FILE
+        merged = json.loads(path.read_text()) if path.is_file() else {}
+        merged.update(results)
+        _atomic_write(path, lambda temp: temp.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n"))
+        return results
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    metrics: Sequence[str],
+    reference: Reference | str | os.PathLike | np.ndarray,
+    device: str | torch.device = "cpu",
+    **options: object,
+) -> dict[str, float]:
+    """Compute metrics for one run (features cached in the run dir) and merge them into its metrics.json.
+
+    options go to Evaluator (batch_size, extractor_options, progress, tile, reference_cache_dir: default the run's
+    parent, where reference features are cached between calls); to evaluate many
+    runs against one reference, build one Evaluator and call its evaluate, which reuses reference features.
+    """
+    options.setdefault("reference_cache_dir", Path(run_dir).parent)
+    return Evaluator(reference, device, **options).evaluate(run_dir, metrics)

@@ -1,0 +1,53 @@
+"""The `harness report SUITE [--paper]` subcommand: a parser hook and its entry point for harness/cli.py."""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+from harness.report.page import write_report
+
+
+def suite_name_and_meta(spec: str) -> tuple[str, dict[str, Any]]:
+    """Suite name and settings to print from a suite TOML path, or (spec, {}) when spec is a bare suite name."""
+    path = Path(spec)
+    if not (spec.endswith(".toml") or path.is_file()):
+        return spec, {}
+    if not path.is_file():
+        raise HarnessError(f"{spec}: no such suite file")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise HarnessError(f"{path}: TOML syntax error ({err})") from err
+    suite = data.get("suite", {})
+    if "name" not in suite:
+        raise HarnessError(f"{path}: field suite.name is missing")
+    meta = {f"suite.{k}": v for k, v in suite.items() if k != "name"}
+    meta.update({f"sampler.{k}": v for k, v in data.get("sampler", {}).items()})
+    meta.update({f"models.{name}": ", ".join(f"{k} = {v}" for k, v in model.items())
+                 for name, model in data.get("models", {}).items()})
+    return str(suite["name"]), meta
+
+
+def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `report` on the harness CLI; the parsed args carry func=main_report."""
+    parser = subparsers.add_parser("report", help="results table, Pareto plots, paper tables and report.md")
+    parser.add_argument("suite", help="suite TOML file (suites/x.toml) or suite name")
+    parser.add_argument("--runs-dir", default="runs", help="folder holding runs/<suite>/<run-id>/ (default: runs)")
+    parser.add_argument("--reports-dir", default="reports", help="output folder (default: reports)")
+    parser.add_argument("--paper", action="store_true",
+                        help="also write tables.md/tables.tex: the paper's tables, measured beside reported")
+    parser.set_defaults(func=main_report)
+    return parser
+
+
+def main_report(args: argparse.Namespace) -> int:
+    """Run `harness report`: write reports/<suite>/ and print the path of report.md; returns the exit status."""
+    name, meta = suite_name_and_meta(args.suite)
+    path = write_report(name, args.runs_dir, args.reports_dir, meta, getattr(args, "paper_map", None),
+                        True if args.paper else None)
+    print(f"wrote {path}")
+    return 0

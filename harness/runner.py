@@ -1,0 +1,416 @@
+"""Sample generation for a suite's runs: per-image seeds, shards across processes, resume, manifests, progress.
+
+Image i of a run uses seed `suite.seed + i` for everything random, so a run's images do not depend on the batch
+size or the number of processes. A run's index range is cut into shards of `batch_size` images; shard k goes to
+rank k mod world_size and is written as runs/<suite>/<run-id>/samples-<first:06d>.npz (arr_0 uint8 NHWC, labels,
+indices) under a temporary name, then renamed. A rerun keeps every shard that loads with the right indices and
+regenerates the rest; a rerun whose config hash changed stops unless started --fresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import harness
+from harness import distributed
+from harness.errors import HarnessError
+from harness.models import FlowModel, ModelSpec, build_model
+from harness.sampling import generate
+from harness.suite import NOT_HASHED, Run, Suite
+
+MANIFEST = "manifest.json"
+ADM_NPZ = "samples.npz"
+COST = "cost.json"
+SHARD_GLOB = "samples-[0-9]*.npz"
+
+
+#################################################################################
+#                          Shards: layout, reading, writing                     #
+#################################################################################
+
+
+def plan_shards(samples: int, batch_size: int) -> list[range]:
+    """The image-index ranges of a run's shards: consecutive blocks of batch_size (the last may be shorter)."""
+    return [range(first, min(first + batch_size, samples)) for first in range(0, samples, batch_size)]
+
+
+def rank_shards(shards: Sequence[range], rank: int, world_size: int) -> list[range]:
+    """The shards one rank generates: round-robin by shard number, so the files do not depend on world_size."""
+    return list(shards[rank::world_size])
+
+
+def shard_path(run_dir: Path, first: int) -> Path:
+    return run_dir / f"samples-{first:06d}.npz"
+
+
+def run_dir_of(runs_root: str | Path, run: Run) -> Path:
+    """runs/<suite>/<run-id>/."""
+    return Path(runs_root) / run.suite / run.run_id
+
+
+def read_shard(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images uint8 NHWC, labels int64, indices int64) of one shard; HarnessError if it is unreadable or malformed."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            images, labels, indices = data["arr_0"], data["labels"], data["indices"]
+    except Exception as err:  # truncated zip, bad CRC, missing member, not an npz at all
+        raise HarnessError(f"{path}: unreadable shard ({type(err).__name__}: {err})") from err
+    n = len(indices)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] != n or images.shape[-1] != 3:
+        raise HarnessError(f"{path}: arr_0 must be uint8 [{n}, H, W, 3], found {images.dtype} {list(images.shape)}")
+    if labels.shape != (n,) or labels.dtype != np.int64 or indices.dtype != np.int64:
+        raise HarnessError(f"{path}: labels and indices must be int64 [{n}]")
+    return images, labels, indices
+
+
+def shard_is_valid(path: Path, indices: range, labels: np.ndarray | None = None) -> bool:
+    """Whether a finished shard exists for exactly `indices` (and, when given, the expected labels)."""
+    if not path.is_file():
+        return False
+    try:
+        _, got_labels, got_indices = read_shard(path)
+    except HarnessError:
+        return False
+    if not np.array_equal(got_indices, np.arange(indices.start, indices.stop)):
+        return False
+    return labels is None or np.array_equal(got_labels, labels)
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Write via a hidden temporary file in the same folder, fsync it, then rename over `path`."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_shard(path: Path, images: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
+    """One shard, atomically: a reader sees either no file or the complete one."""
+    _atomic_write(path, lambda f: np.savez(f, arr_0=images, labels=labels.astype(np.int64),
+                                            indices=np.asarray(indices, dtype=np.int64)))
+
+
+def write_json(path: Path, obj: dict[str, Any]) -> None:
+    """A JSON file, atomically."""
+    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def read_samples(run_dir: Path, samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """All images and labels of a run in index order (the first `samples` of them); checks nothing is missing."""
+    shards = sorted(run_dir.glob(SHARD_GLOB))
+    if not shards:
+        raise HarnessError(f"{run_dir}: no sample shards; run `harness generate` first")
+    parts = [read_shard(p) for p in shards]
+    indices = np.concatenate([p[2] for p in parts])
+    n = len(indices) if samples is None else samples
+    if len(indices) < n or not np.array_equal(indices[:n], np.arange(n)):
+        raise HarnessError(f"{run_dir}: shards hold {len(indices)} images, not indices 0..{n - 1} in order")
+    return np.concatenate([p[0] for p in parts])[:n], np.concatenate([p[1] for p in parts])[:n]
+
+
+def write_adm_npz(run_dir: Path, samples: int) -> Path:
+    """runs/.../samples.npz in ADM's evaluator format: arr_0 only, the run's first `samples` images."""
+    images, _ = read_samples(run_dir, samples)
+    out = run_dir / ADM_NPZ
+    _atomic_write(out, lambda f: np.savez(f, arr_0=images))
+    return out
+
+
+#################################################################################
+#                        Labels, manifests, environment                         #
+#################################################################################
+
+
+def balanced_labels(samples: int, num_classes: int, seed: int) -> np.ndarray:
+    """Every class equally often (counts differ by at most one), in an order shuffled with the suite seed."""
+    labels = np.arange(samples, dtype=np.int64) % num_classes
+    return np.random.default_rng(seed).permutation(labels)
+
+
+def run_labels(run: Run, num_classes: int) -> np.ndarray | None:
+    """The labels of all of a run's images for `balanced`; None for `uniform` (drawn from each image's generator)."""
+    if run.labels == "balanced":
+        return balanced_labels(run.samples, num_classes, run.seed)
+    return None
+
+
+def _git_commit(root: Path) -> str | None:
+    """HEAD of the git checkout holding `root`, with `-dirty` when tracked files changed; None outside git."""
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Where samples come from, for the manifest: versions, device, world size, the harness code's git commit."""
+    from harness.cost import device_name  # the same device text as cost.json
+
+    return {
+        "versions": {"harness": harness.__version__, "torch": torch.__version__, "numpy": np.__version__,
+                     "python": platform.python_version()},
+        "device": device_name(device),
+        "world_size": distributed.get_world_size(),
+        "git_commit": _git_commit(Path(harness.__file__).resolve().parent),
+    }
+
+
+def make_manifest(run: Run, env: dict[str, Any], dry_run: bool, complete: bool) -> dict[str, Any]:
+    """manifest.json of a run: its resolved config and hash, the environment, and whether all shards exist."""
+    return {"run": run.run_id, "suite": run.suite, "config": run.config, "config_hash": run.config_hash, **env,
+            "dry_run": dry_run, "complete": complete}
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): obj}
+
+
+def check_manifest(run: Run, run_dir: Path) -> str:
+    """How an existing run directory relates to `run`: "new", "same", or "grown" (only samples increased).
+
+    A run whose earlier config differs in anything that changes the samples raises a HarnessError naming the
+    run and the differing fields and saying to pass --fresh.
+    """
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        if any(run_dir.glob(SHARD_GLOB)):
+            raise HarnessError(f"{run_dir}: sample shards without a {MANIFEST}; their config is unknown. "
+                               f"Pass --fresh to start run {run.run_id!r} over")
+        return "new"
+    try:
+        old = json.loads(path.read_text())
+        old_config, old_hash = old["config"], old["config_hash"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise HarnessError(f"{path}: unreadable manifest ({err}); pass --fresh to start run {run.run_id!r} "
+                           f"over") from err
+    if old_hash == run.config_hash:
+        return "same"
+    before, after = _flatten(old_config), _flatten(run.config)
+    unhashed = {f"{section}.{key}" for section, key in NOT_HASHED}
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k) and k not in unhashed)
+    if changed == ["run.samples"] and run.labels == "uniform" and after["run.samples"] > before["run.samples"]:
+        return "grown"  # uniform labels do not depend on the count: existing images stay valid
+    detail = "; ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in changed) or "hash differs"
+    raise HarnessError(f"run {run.run_id!r}: its config changed since {run_dir} was generated ({detail}). "
+                       f"Pass --fresh to delete that run's samples and start over, or use another --out")
+
+
+#################################################################################
+#                                 Generation                                    #
+#################################################################################
+
+
+class ModelCache:
+    """Models built once per suite model key (and VAE decoders once per name), shared across a suite's runs."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.models: dict[str, FlowModel] = {}
+        self.decoders: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+
+    def model(self, key: str, spec: ModelSpec) -> FlowModel:
+        """The model of [models.<key>]; without a checkpoint its random weights are seeded from the key, so every
+        process and every --only selection builds the same ones."""
+        if key not in self.models:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
+                self.models[key] = build_model(spec, self.device)
+        return self.models[key]
+
+    def decoder(self, vae: str | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The latent-to-pixel decoder of a VAE name (None for pixel-space models)."""
+        if vae is None:
+            return None
+        if vae not in self.decoders:
+            self.decoders[vae] = load_decoder(vae, self.device)
+        return self.decoders[vae]
+
+
+def load_decoder(vae: str, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The decoder of VAE `vae` from harness.models.vae.load_vae (latents -> pixels in [-1, 1])."""
+    try:
+        from harness.models.vae import load_vae
+    except ImportError as err:
+        raise HarnessError(f"VAE {vae!r}: decoding latents needs harness.models.vae.load_vae, which is not "
+                           f"available ({err})") from err
+    return load_vae(vae, device)
+
+
+def _finite_check(run_id: str, indices: range, decode: Callable | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A decode step that stops the run when a sample holds NaN or Inf (before uint8 conversion hides it)."""
+
+    def checked(x: torch.Tensor) -> torch.Tensor:
+        pixels = decode(x) if decode is not None else x
+        bad = ~(torch.isfinite(x).flatten(1).all(1) & torch.isfinite(pixels).flatten(1).all(1))
+        if bad.any():
+            which = [indices[i] for i in torch.nonzero(bad).flatten().tolist()]
+            shown = ", ".join(map(str, which[:16])) + (f", ... ({len(which)} images)" if len(which) > 16 else "")
+            raise HarnessError(f"run {run_id!r}: NaN or Inf in the samples of image indices [{shown}] "
+                               f"(seeds = suite seed + index); nothing was written for them")
+        return pixels
+
+    return checked
+
+
+@dataclass
+class RunResult:
+    """What generate_suite did for one run."""
+
+    run_id: str
+    run_dir: Path
+    generated: int  # images this process generated
+    kept: int  # images of this process's shards found valid and kept
+    seconds: float
+
+
+def _preflight(runs: Sequence[Run], runs_root: Path, fresh: bool) -> dict[str, str]:
+    """Check every selected run before any work: checkpoints present, VAE decoders importable, configs unchanged."""
+    missing = sorted({spec.checkpoint for run in runs for spec in run.models.values()
+                      if spec.checkpoint and not Path(spec.checkpoint).is_file()})
+    if missing:
+        raise HarnessError("checkpoint file(s) not found: " + ", ".join(missing))
+    if any(spec.vae for run in runs for spec in run.models.values()):
+        try:
+            from harness.models.vae import load_vae  # noqa: F401  (availability only; loaded per run)
+        except ImportError as err:
+            raise HarnessError(f"suite uses a VAE, but harness.models.vae.load_vae is not available ({err})") from err
+    return {run.run_id: "new" if fresh else check_manifest(run, run_dir_of(runs_root, run)) for run in runs}
+
+
+def generate_run(run: Run, run_dir: Path, cache: ModelCache, env: dict[str, Any], state: str = "new",
+                 fresh: bool = False, dry_run: bool = False, adm_npz: bool = False) -> RunResult:
+    """Generate this process's missing shards of one run; rank 0 writes the manifest and the ADM npz.
+
+    `env` is environment()'s record for the manifest; `state` is what check_manifest said about the run folder.
+    """
+    rank, world = distributed.get_rank(), distributed.get_world_size()
+    device = cache.device
+    if distributed.is_main():
+        if fresh and run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for tmp in run_dir.glob(".samples-*.tmp"):  # left by a killed process
+            tmp.unlink(missing_ok=True)
+        if state == "grown":  # metrics and cached features describe fewer images than the run now has
+            distributed.print0(f"{run.run_id}: samples increased to {run.samples}; keeping the existing images")
+            for stale in (run_dir / "metrics.json", run_dir / ADM_NPZ):
+                stale.unlink(missing_ok=True)
+        write_json(run_dir / MANIFEST, make_manifest(run, env, dry_run, complete=False))
+    distributed.barrier()
+
+    models = {role: cache.model(run.model_keys[role], spec) for role, spec in run.models.items()}
+    decode = cache.decoder(run.models["main"].vae)
+    all_labels = run_labels(run, models["main"].num_classes)
+    mine = rank_shards(plan_shards(run.samples, run.batch_size), rank, world)
+    expected = {s.start: (all_labels[s.start:s.stop] if all_labels is not None else None) for s in mine}
+    todo = [s for s in mine if not shard_is_valid(shard_path(run_dir, s.start), s, expected[s.start])]
+    kept = sum(len(s) for s in mine) - sum(len(s) for s in todo)
+    start = time.perf_counter()
+    desc = run.run_id if world == 1 else f"{run.run_id} (rank 0 of {world})"
+    with tqdm(total=sum(len(s) for s in mine), initial=kept, unit="img", desc=desc, dynamic_ncols=True,
+              disable=not distributed.is_main()) as bar:
+        for s in todo:
+            labels = torch.from_numpy(expected[s.start]) if all_labels is not None else None
+            images, used_labels = generate(models, run.guidance, run.sampler, [run.seed + i for i in s],
+                                           labels=labels, device=device,
+                                           decode=_finite_check(run.run_id, s, decode))
+            write_shard(shard_path(run_dir, s.start), images, used_labels, np.arange(s.start, s.stop))
+            bar.update(len(s))
+    seconds = time.perf_counter() - start
+    distributed.barrier()
+
+    if distributed.is_main():
+        _finish(run, run_dir)
+        if adm_npz:
+            write_adm_npz(run_dir, run.samples)
+        write_json(run_dir / MANIFEST, make_manifest(run, env, dry_run, complete=True))
+    return RunResult(run.run_id, run_dir, sum(len(s) for s in todo), kept, seconds)
+
+
+def _finish(run: Run, run_dir: Path) -> None:
+    """Rank 0, after every rank is done: each planned shard is present and no other shard is in the folder."""
+    planned = {shard_path(run_dir, s.start) for s in plan_shards(run.samples, run.batch_size)}
+    present = set(run_dir.glob(SHARD_GLOB))
+    if planned - present:
+        raise HarnessError(f"run {run.run_id!r}: shard(s) missing after generation: "
+                           f"{', '.join(sorted(p.name for p in planned - present))}")
+    if present - planned:
+        raise HarnessError(f"run {run.run_id!r}: {run_dir} holds shard(s) outside this run's plan "
+                           f"({', '.join(sorted(p.name for p in present - planned))}); pass --fresh to start over")
+
+
+def generate_suite(suite: Suite, runs: Sequence[Run] | None = None, runs_root: str | Path | None = None,
+                   device: str | None = None, fresh: bool = False, adm_npz: bool = False,
+                   dry_run: bool = False) -> list[RunResult]:
+    """Generate the samples of `runs` (default: all of the suite's), resuming where earlier attempts stopped.
+
+    Under torchrun every rank calls this with the same arguments; the process group is joined here (NCCL on CUDA,
+    gloo on CPU). `runs_root` defaults to <root>/runs; `device` defaults to cuda if available, else cpu.
+    """
+    runs = list(suite.runs if runs is None else runs)
+    root_dir = Path(runs_root) if runs_root is not None else suite.root / "runs"
+    dev = distributed.resolve_device(device)
+    distributed.init(dev)
+    states = _preflight(runs, root_dir, fresh)
+    distributed.barrier()  # every rank has read the old manifests before rank 0 rewrites them
+    cache = ModelCache(dev)
+    env = environment(dev) if distributed.is_main() else {}
+    return [generate_run(run, run_dir_of(root_dir, run), cache, env, states[run.run_id], fresh, dry_run, adm_npz)
+            for run in runs]
+
+
+def measure_costs(runs: Sequence[Run], runs_root: str | Path, device: str | None = None) -> list[Path]:
+    """cost.json per run: FLOPs (harness.cost.run_cost) and timed sampling (harness.cost.measure_throughput).
+
+    A run whose cost.json was measured for the same config on the same device is kept as it is.
+    """
+    from harness.cost import device_name, measure_throughput, run_cost
+
+    dev = distributed.resolve_device(device)
+    cache = ModelCache(dev)
+    written = []
+    for run in runs:
+        path = run_dir_of(runs_root, run) / COST
+        if path.is_file():
+            old = json.loads(path.read_text())
+            if old.get("config_hash") == run.config_hash and old.get("device") == device_name(dev):
+                continue
+        models = {role: cache.model(run.model_keys[role], spec) for role, spec in run.models.items()}
+        cost = {**run_cost(run.models, run.guidance, run.sampler),
+                **measure_throughput(models, run.guidance, run.sampler, run.batch_size, dev,
+                                     decode=cache.decoder(run.models["main"].vae)),
+                "config_hash": run.config_hash}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, cost)
+        written.append(path)
+    return written

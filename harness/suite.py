@@ -1,0 +1,529 @@
+"""Suite files: DESIGN's TOML schema validated with pydantic, and its expansion into fully resolved runs.
+
+A suite has [suite], [sampler], [models.<key>] and [[runs]] tables. In a run, a list-valued field (omega,
+gamma_strong, gamma_weak, interval, cfg_channels, weak_model) is a grid axis: the runs are the product of the axes,
+and each gets the id `<name>-<axis><value>...` (e.g. `sg-gs0.3-gw0.7-omega1.5`). Every mistake in a suite is
+reported as one HarnessError naming the file, the table or run, and the field, before anything runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import json
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from harness.errors import HarnessError
+from harness.guidance import METHODS, SPARSE_METHODS, GuidanceSpec, Schedule
+from harness.models import ARCHS, ModelSpec
+from harness.models.adapters import CONVENTIONS
+from harness.sampling import SAMPLERS, SamplerSpec
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"  # suite and run names become directory names
+# Grid axes in the order their values appear in a run id, with the id's abbreviation of each.
+GRID_AXES = {"gamma_strong": "gs", "gamma_weak": "gw", "omega": "omega", "interval": "int", "cfg_channels": "ch",
+             "weak_model": "weak"}
+# Config entries that do not change a single sample: they are kept in the config but not in its hash.
+NOT_HASHED = (("suite", "metrics"), ("suite", "reference"), ("run", "paper"))
+# Methods whose weak branch runs on the weak model, and those with a weak branch at all.
+_AG_METHODS = tuple(m for m, weak in METHODS.items() if weak is not None and weak[0] == "weak")
+_SAME_SPACE = ("input_size", "in_channels", "num_classes", "patch_size")  # AG's two models must agree on these
+
+
+#################################################################################
+#                      Schema: one pydantic model per table                     #
+#################################################################################
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SuiteTable(_Table):
+    """[suite]: what every run shares."""
+
+    name: str = Field(pattern=_NAME)
+    samples: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    seed: int = Field(0, ge=0)
+    labels: Literal["uniform", "balanced"] = "uniform"
+    metrics: list[str] = []
+    reference: str | None = None
+
+
+class SamplerTable(_Table):
+    """[sampler]: the SamplerSpec of every run."""
+
+    kind: Literal[SAMPLERS] = "euler"
+    steps: int = Field(40, ge=1)
+    shift: float = Field(1.0, gt=0)
+    last_step: float = Field(0.04, gt=0, lt=1)
+    diffusion_norm: float = Field(1.0, ge=0)
+
+
+_Pos = Annotated[int, Field(ge=1)]
+
+
+class ModelTable(_Table):
+    """[models.<key>]: an architecture preset, its checkpoint and sparsity, and optional DiTConfig overrides."""
+
+    arch: str
+    checkpoint: str | None = None
+    sparsity: Literal["none", "routing", "masking"] = "none"
+    route: Annotated[list[int], Field(min_length=2, max_length=2)] | None = None
+    vae: str | None = None
+    cfg_channels: Literal["all", 3] | None = None  # default for the runs on this model (DiT/SiT's quirk is 3)
+    convention: Literal[CONVENTIONS] | None = None
+    input_size: _Pos | None = None
+    patch_size: _Pos | None = None
+    in_channels: _Pos | None = None
+    hidden_size: _Pos | None = None
+    depth: _Pos | None = None
+    num_heads: _Pos | None = None
+    mlp_ratio: float | None = Field(None, gt=0)
+    num_classes: _Pos | None = None
+    learn_sigma: bool | None = None
+    class_in_tokens: bool | None = None
+    decoder_hidden_size: _Pos | None = None
+    decoder_depth: _Pos | None = None
+    decoder_num_heads: _Pos | None = None
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        if arch not in ARCHS:
+            close = difflib.get_close_matches(arch, list(ARCHS), n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(ARCHS)}"
+            raise ValueError(f"unknown architecture {arch!r}; {hint}")
+        return arch
+
+    def overrides(self) -> dict[str, Any]:
+        """The DiTConfig fields (and convention) this table sets over its architecture's preset."""
+        skip = {"arch", "checkpoint", "sparsity", "route", "vae", "cfg_channels"}
+        return {k: v for k, v in self.model_dump().items() if k not in skip and v is not None}
+
+
+class GammaTable(_Table):
+    """A gamma: a constant in [0, 1), or {schedule = "cosine" | "linear", start, end} over sampling progress."""
+
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    start: float = Field(ge=0, lt=1)
+    end: float | None = Field(None, ge=0, lt=1)
+
+    def to_schedule(self) -> Schedule:
+        return Schedule(self.schedule, self.start, self.start if self.end is None else self.end)
+
+
+def _gamma_input(value: Any) -> Any:
+    """A bare number means a constant gamma; tables pass through; anything else is a type error."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return {"start": value}
+    if isinstance(value, dict):
+        return value
+    raise ValueError(f"must be a number in [0, 1) or a table {{schedule, start, end}}, got {value!r}")
+
+
+def _axis(value: Any, nested: bool = False) -> list:
+    """A grid field as a list of values: a scalar is an axis of one (for `interval`, a pair is one value)."""
+    if isinstance(value, list) and (not nested or (value and isinstance(value[0], list))):
+        return value
+    return [value]
+
+
+_Interval = Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=2, max_length=2)]
+
+
+def _grid_field() -> Any:
+    """An optional grid axis: absent, or at least one value."""
+    return Field(None, min_length=1)
+
+
+class RunTable(_Table):
+    """One [[runs]] entry; list-valued grid fields expand into several runs."""
+
+    name: str = Field(pattern=_NAME)
+    method: Literal[tuple(METHODS)]
+    model: str = "main"
+    weak_model: list[str] | None = _grid_field()
+    omega: list[Annotated[float, Field(gt=0)]] | None = _grid_field()
+    gamma_strong: list[GammaTable] | None = _grid_field()
+    gamma_weak: list[GammaTable] | None = _grid_field()
+    interval: list[_Interval] | None = _grid_field()
+    cfg_channels: list[Literal["all", 3]] | None = _grid_field()
+    paper: list[Annotated[str, Field(pattern=r"^[^:]+:[^:]+$")]] | None = None
+    samples: int | None = Field(None, ge=1)
+
+    @field_validator("gamma_strong", "gamma_weak", mode="before")
+    @classmethod
+    def _gammas(cls, value: Any) -> Any:
+        return [_gamma_input(v) for v in _axis(value)]
+
+    @field_validator("weak_model", "omega", "cfg_channels", "paper", mode="before")
+    @classmethod
+    def _listed(cls, value: Any) -> Any:
+        return _axis(value)
+
+    @field_validator("interval", mode="before")
+    @classmethod
+    def _intervals(cls, value: Any) -> Any:
+        return _axis(value, nested=True)
+
+    @field_validator("interval")
+    @classmethod
+    def _ordered(cls, value: list[list[float]] | None) -> list[list[float]] | None:
+        for lo, hi in value or []:
+            if not lo < hi:
+                raise ValueError(f"must be [t_lo, t_hi] with t_lo < t_hi, got {[lo, hi]}")
+        return value
+
+
+class SuiteFile(_Table):
+    """The whole TOML document."""
+
+    suite: SuiteTable
+    sampler: SamplerTable = SamplerTable()
+    models: dict[Annotated[str, Field(pattern=_NAME)], ModelTable] = Field(min_length=1)
+    runs: list[RunTable] = Field(min_length=1)
+
+
+#################################################################################
+#                            Resolved suites and runs                           #
+#################################################################################
+
+
+@dataclass(frozen=True, eq=False)
+class Run:
+    """One run of a suite with everything resolved: what the runner, cost and report stages consume.
+
+    `models` maps a role ("main", and "weak" for ag / ag+sg) to its ModelSpec (checkpoint paths absolute);
+    `model_keys` maps the same roles to the suite's [models.<key>] names. `config` is the JSON-able resolved
+    configuration written to the manifest; `config_hash` is the sha256 of its canonical JSON without the entries
+    that do not change a sample (metrics, reference, paper).
+    """
+
+    suite: str
+    run_id: str
+    name: str
+    method: str
+    models: dict[str, ModelSpec]
+    model_keys: dict[str, str]
+    guidance: GuidanceSpec
+    sampler: SamplerSpec
+    samples: int
+    batch_size: int
+    seed: int
+    labels: str
+    metrics: tuple[str, ...]
+    reference: Path | None
+    paper: tuple[str, ...]
+    config: dict[str, Any]
+    config_hash: str
+
+
+@dataclass(frozen=True, eq=False)
+class Suite:
+    """A validated suite file: its shared settings and its runs in file order (grid points in axis order)."""
+
+    path: Path
+    root: Path
+    name: str
+    samples: int
+    batch_size: int
+    seed: int
+    labels: str
+    metrics: tuple[str, ...]
+    reference: Path | None
+    sampler: SamplerSpec
+    models: dict[str, ModelSpec]
+    runs: tuple[Run, ...]
+
+    def select(self, pattern: str | None) -> list[Run]:
+        """The runs whose id matches the regular expression `pattern` (re.search); all runs for None."""
+        if pattern is None:
+            return list(self.runs)
+        try:
+            regex = re.compile(pattern)
+        except re.error as err:
+            raise HarnessError(f"--only {pattern!r}: not a regular expression ({err})") from err
+        chosen = [r for r in self.runs if regex.search(r.run_id)]
+        if not chosen:
+            raise HarnessError(f"--only {pattern!r}: matches none of the runs of {self.path} "
+                               f"({', '.join(r.run_id for r in self.runs)})")
+        return chosen
+
+
+def canonical_json(obj: Any) -> str:
+    """Key-sorted, whitespace-free JSON: the text a config hash is taken of."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """sha256 of a resolved config's canonical JSON, leaving out entries that do not change any sample."""
+    hashed = json.loads(json.dumps(config))
+    for section, key in NOT_HASHED:
+        hashed.get(section, {}).pop(key, None)
+    return hashlib.sha256(canonical_json(hashed).encode()).hexdigest()
+
+
+#################################################################################
+#                                  Loading                                      #
+#################################################################################
+
+
+class _Where:
+    """Builds the one error message of a suite: file, then table or run, then field."""
+
+    def __init__(self, path: Path, data: dict[str, Any]):
+        self.path = path
+        self.data = data
+
+    def run(self, index: int, run_id: str | None = None) -> str:
+        runs = self.data.get("runs")
+        name = runs[index].get("name") if isinstance(runs, list) and isinstance(runs[index], dict) else None
+        label = run_id or name
+        return f"run {label!r} ([[runs]] #{index + 1})" if label else f"[[runs]] #{index + 1}"
+
+    def error(self, where: str, fld: str | None, message: str) -> HarnessError:
+        field_part = f" field {fld!r}:" if fld else ""
+        return HarnessError(f"{self.path}: {where}:{field_part} {message}")
+
+    def from_validation(self, err: ValidationError) -> HarnessError:
+        """The first error pydantic found, located by table / run and field."""
+        first = err.errors()[0]
+        loc = list(first["loc"])
+        if first["type"] == "extra_forbidden":
+            message = "unknown field (not in the suite schema; check its spelling)"
+        elif first["type"] == "missing":
+            message = "required field is missing"
+        else:
+            message = first["msg"].removeprefix("Value error, ")
+            message += f" (got {first['input']!r})" if repr(first["input"]) not in message else ""
+        if not loc:
+            return self.error("document", None, message)
+        head = loc.pop(0)
+        if head == "runs" and loc and isinstance(loc[0], int):
+            where = self.run(loc.pop(0))
+        elif head == "models" and loc:
+            where = f"[models.{loc.pop(0)}]"
+        elif head in ("suite", "sampler", "models", "runs") and loc:
+            where = f"[{head}]"
+        else:
+            return self.error("top level", str(head), message if first["type"] != "extra_forbidden"
+                              else "unknown table; a suite has [suite], [sampler], [models.*] and [[runs]]")
+        if not loc:
+            return self.error(where, None, message)
+        fld = str(loc.pop(0))
+        raw = self._raw_run_field(head, first["loc"], fld)
+        if loc and isinstance(loc[0], int):  # position inside a grid axis: name it only where a list was written
+            pos = loc.pop(0)
+            if isinstance(raw, list) and not (fld == "interval" and raw and not isinstance(raw[0], list)):
+                message += f" [value {pos + 1} of the list]"
+                raw = raw[pos] if pos < len(raw) else None
+        if loc and not isinstance(raw, (int, float)):  # a bare-number gamma has no sub-fields to name
+            fld += "." + ".".join(str(p) for p in loc)
+        return self.error(where, fld, message)
+
+    def _raw_run_field(self, head: Any, loc: tuple, fld: str) -> Any:
+        if head != "runs":
+            return None
+        return self.data["runs"][loc[1]].get(fld)
+
+
+def load_suite(path: str | Path, root: str | Path | None = None, samples: int | None = None) -> Suite:
+    """Read, validate and expand a suite TOML file into runs; raises one HarnessError on any mistake.
+
+    Relative paths in the suite (checkpoints, reference) are taken relative to `root`, default the current
+    directory (the repository root, where `make` runs). `samples` overrides every run's sample count
+    (`harness bench --samples N`). Nothing is written and no weights are read.
+    """
+    path = Path(path)
+    root = Path(root) if root is not None else Path.cwd()
+    if not path.is_file():
+        raise HarnessError(f"{path}: suite file not found")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise HarnessError(f"{path}: TOML syntax error: {err}") from err
+    except UnicodeDecodeError as err:
+        raise HarnessError(f"{path}: not a UTF-8 text file ({err})") from err
+    where = _Where(path, data)
+    try:
+        doc = SuiteFile.model_validate(data)
+    except ValidationError as err:
+        raise where.from_validation(err) from None
+    if samples is not None and samples < 1:
+        raise HarnessError(f"--samples {samples}: must be >= 1")
+    models = {key: _model_spec(key, table, root, where) for key, table in doc.models.items()}
+    sampler = SamplerSpec(**doc.sampler.model_dump())
+    runs: list[Run] = []
+    seen: dict[str, int] = {}
+    for index, table in enumerate(doc.runs):
+        for run in _expand(index, table, doc, models, root, samples, where):
+            if run.run_id in seen:
+                raise where.error(where.run(index, run.run_id), "name",
+                                  f"run id {run.run_id!r} is also produced by [[runs]] #{seen[run.run_id] + 1}; "
+                                  "run ids must be unique")
+            seen[run.run_id] = index
+            runs.append(run)
+    s = doc.suite
+    return Suite(path=path, root=root, name=s.name, samples=s.samples, batch_size=s.batch_size, seed=s.seed,
+                 labels=s.labels, metrics=tuple(s.metrics), reference=_resolve(s.reference, root), sampler=sampler,
+                 models=models, runs=tuple(runs))
+
+
+def _resolve(p: str | None, root: Path) -> Path | None:
+    if p is None:
+        return None
+    path = Path(p).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+def _model_spec(key: str, table: ModelTable, root: Path, where: _Where) -> ModelSpec:
+    """The ModelSpec of [models.<key>], with its route checked against the model's depth."""
+    where_m = f"[models.{key}]"
+    checkpoint = _resolve(table.checkpoint, root)
+    spec = ModelSpec(arch=table.arch, checkpoint=str(checkpoint) if checkpoint else None, sparsity=table.sparsity,
+                     route=tuple(table.route) if table.route else None, vae=table.vae, overrides=table.overrides())
+    depth = {**ARCHS[table.arch], **spec.overrides}["depth"]
+    if table.sparsity == "routing" and table.route is None:
+        raise where.error(where_m, "route", "sparsity 'routing' needs a route [first, last] (0-based block indices)")
+    if table.route is not None:
+        first, last = table.route
+        if table.sparsity != "routing":
+            raise where.error(where_m, "route", f"a route only applies to sparsity 'routing' (this model has "
+                                                f"{table.sparsity!r})")
+        if not 0 <= first <= last < depth:
+            raise where.error(where_m, "route", f"route {table.route} lies outside blocks 0..{depth - 1} of "
+                                                f"{table.arch} (depth {depth}); need 0 <= first <= last < {depth}")
+    try:
+        spec.config()
+    except (ValueError, KeyError) as err:
+        raise where.error(where_m, None, str(err).strip("'\"")) from None
+    return spec
+
+
+def _gamma_json(schedule: Schedule | None) -> float | dict | None:
+    """A gamma as written in suites: a number when constant, else {schedule, start, end}."""
+    if schedule is None:
+        return None
+    if schedule.kind == "constant":
+        return schedule.start
+    return {"schedule": schedule.kind, "start": schedule.start, "end": schedule.end}
+
+
+def _id_part(axis: str, value: Any) -> str:
+    """The run-id text of one grid value: `omega1.5`, `gscos0to0.6`, `int0.2to0.7`, `ch3`, `weakearly`."""
+    if isinstance(value, GammaTable):
+        s = value.to_schedule()
+        text = f"{s.start:g}" if s.kind == "constant" else f"{s.kind[:3]}{s.start:g}to{s.end:g}"
+    elif axis == "interval":
+        text = f"{value[0]:g}to{value[1]:g}"
+    elif isinstance(value, float):
+        text = f"{value:g}"
+    else:
+        text = str(value)
+    return GRID_AXES[axis] + text
+
+
+def _expand(index: int, table: RunTable, doc: SuiteFile, models: dict[str, ModelSpec], root: Path,
+            samples_override: int | None, where: _Where) -> list[Run]:
+    """The runs of one [[runs]] entry: the product of its list-valued fields, each checked and resolved."""
+    raw = where.data["runs"][index]
+    name = where.run(index)
+    method = table.method
+    weak_role = METHODS[method]
+    if table.model not in models:
+        raise where.error(name, "model", f"no [models.{table.model}] in the suite (defined: {', '.join(models)})")
+    if method in _AG_METHODS and table.weak_model is None:
+        raise where.error(name, "weak_model", f"method {method!r} needs a weak_model (a key of [models.*])")
+    if method not in _AG_METHODS and table.weak_model is not None:
+        raise where.error(name, "weak_model", f"only {' and '.join(_AG_METHODS)} use a weak model, not {method!r}")
+    for key in table.weak_model or []:
+        if key not in models:
+            raise where.error(name, "weak_model", f"no [models.{key}] in the suite (defined: {', '.join(models)})")
+    if weak_role is None:
+        for fld in ("omega", "gamma_weak", "interval", "cfg_channels"):
+            if getattr(table, fld) is not None:
+                raise where.error(name, fld, "method 'none' has no weak branch; remove this field")
+    elif table.omega is None:
+        raise where.error(name, "omega", f"method {method!r} needs a guidance weight omega (1 = no guidance)")
+    if method in SPARSE_METHODS and table.gamma_weak is None:
+        raise where.error(name, "gamma_weak", f"method {method!r} needs gamma_weak (the weak branch's sparsity)")
+
+    axes = {a: getattr(table, a) for a in GRID_AXES if getattr(table, a) is not None}
+    grid = [a for a in GRID_AXES if a in axes and isinstance(raw.get(a), list)
+            and not (a == "interval" and not isinstance(raw[a][0], list))]
+    runs = []
+    for values in itertools.product(*axes.values()):
+        point = dict(zip(axes, values))
+        run_id = "-".join([table.name] + [_id_part(a, point[a]) for a in grid])
+        runs.append(_resolve_run(run_id, index, table, point, doc, models, root, samples_override, where))
+    return runs
+
+
+def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any], doc: SuiteFile,
+                 models: dict[str, ModelSpec], root: Path, samples_override: int | None, where: _Where) -> Run:
+    """One grid point of a run: cross-field checks, GuidanceSpec, resolved config and its hash."""
+    name = where.run(index, run_id)
+    method = table.method
+    keys = {"main": table.model}
+    if METHODS[method] is not None and METHODS[method][0] == "weak":
+        keys["weak"] = point["weak_model"]
+    gamma_strong = point["gamma_strong"].to_schedule() if "gamma_strong" in point else Schedule.constant(0.0)
+    gamma_weak = point["gamma_weak"].to_schedule() if "gamma_weak" in point else None
+    if METHODS[method] is not None and gamma_weak is None:
+        gamma_weak = gamma_strong  # cfg / ag / icg: the weak branch runs at the strong branch's sparsity
+    if method in SPARSE_METHODS and gamma_strong.kind == gamma_weak.kind == "constant" \
+            and gamma_strong.start >= gamma_weak.start:
+        raise where.error(name, "gamma_strong", f"method {method!r} needs gamma_strong < gamma_weak (the weak "
+                                                f"branch is the sparser one), got {gamma_strong.start:g} >= "
+                                                f"{gamma_weak.start:g}")
+    branch_models = {"gamma_strong": "main"}
+    if METHODS[method] is not None:
+        branch_models["gamma_weak"] = METHODS[method][0]
+    for fld, role in branch_models.items():
+        schedule = gamma_strong if fld == "gamma_strong" else gamma_weak
+        spec = models[keys[role]]
+        if max(schedule.start, schedule.end) > 0 and spec.sparsity == "none":
+            raise where.error(name, fld, f"model {keys[role]!r} has sparsity 'none': it cannot drop tokens, so "
+                                         f"its gamma must be 0 (got {schedule.label()})")
+    if "weak" in keys:
+        main_cfg, _ = models[keys["main"]].config()
+        weak_cfg, _ = models[keys["weak"]].config()
+        for attr in _SAME_SPACE:
+            if getattr(main_cfg, attr) != getattr(weak_cfg, attr):
+                raise where.error(name, "weak_model", f"models {keys['main']!r} and {keys['weak']!r} differ in "
+                                                      f"{attr} ({getattr(main_cfg, attr)} vs "
+                                                      f"{getattr(weak_cfg, attr)}); AG needs the same data space")
+    model_tables = {k: doc.models[k] for k in dict.fromkeys(keys.values())}
+    channels = point.get("cfg_channels", doc.models[table.model].cfg_channels or "all")
+    interval = tuple(point["interval"]) if "interval" in point else None
+    guidance = GuidanceSpec(method=method, omega=point.get("omega", 1.0), gamma_strong=gamma_strong,
+                            gamma_weak=gamma_weak if METHODS[method] is not None else None, interval=interval,
+                            cfg_channels=None if channels == "all" else int(channels))
+    samples = samples_override or table.samples or doc.suite.samples
+    s = doc.suite
+    config = {
+        "suite": {"name": s.name, "seed": s.seed, "labels": s.labels, "batch_size": s.batch_size,
+                  "metrics": list(s.metrics), "reference": s.reference},
+        "sampler": doc.sampler.model_dump(),
+        "models": {k: {"arch": t.arch, "checkpoint": t.checkpoint, "sparsity": t.sparsity, "route": t.route,
+                       "vae": t.vae, "overrides": t.overrides()} for k, t in model_tables.items()},
+        "run": {"id": run_id, "name": table.name, "method": method, "model": keys["main"],
+                "weak_model": keys.get("weak"), "omega": guidance.omega, "gamma_strong": _gamma_json(gamma_strong),
+                "gamma_weak": _gamma_json(guidance.gamma_weak), "interval": list(interval) if interval else None,
+                "cfg_channels": channels if METHODS[method] is not None else None, "samples": samples,
+                "paper": list(table.paper or [])},
+    }
+    return Run(suite=s.name, run_id=run_id, name=table.name, method=method,
+               models={role: models[k] for role, k in keys.items()}, model_keys=keys, guidance=guidance,
+               sampler=SamplerSpec(**doc.sampler.model_dump()), samples=samples, batch_size=s.batch_size,
+               seed=s.seed, labels=s.labels, metrics=tuple(s.metrics), reference=_resolve(s.reference, root),
+               paper=tuple(table.paper or []), config=config, config_hash=config_hash(config))

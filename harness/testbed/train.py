@@ -1,0 +1,219 @@
+"""Train the embedded testbed from scratch: the feature network, the routing model (+ its early checkpoint for
+AutoGuidance) and the masking twin. `make testbed` runs this; the results are committed under checkpoints/.
+
+    python -m harness.testbed.train [--only features|routing|masking] [--steps N] [--out checkpoints]
+
+Flow matching with uniform t (the sampler starts at t = 0, so every t must be trained), label dropout 0.1 (CFG),
+EMA weights with warm-up. Routing: TREAD, 50% of the tokens routed around the middle blocks every step. Masking:
+MaskDiT, 50% of the tokens dropped before the encoder, the loss on kept tokens plus 0.1 x the loss on masked ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from harness.models import ARCHS, ModelSpec
+from harness.models.dit import SparseDiT, select_tokens
+from harness.testbed import data
+from harness.testbed.featnet import ShapeNet
+
+ARCH = "Testbed-S/4"
+ROUTE = (1, 4)
+TRAIN_GAMMA = 0.5
+LABEL_DROPOUT = 0.1
+MAE_WEIGHT = 0.1
+WARMUP = 200  # linear learning-rate warm-up steps
+
+
+def model_spec(sparsity: str) -> ModelSpec:
+    """The testbed model of the given sparsity, as suites/testbed.toml declares it."""
+    return ModelSpec(ARCH, sparsity=sparsity, route=ROUTE if sparsity == "routing" else None)
+
+
+@functools.lru_cache(maxsize=2)
+def _images(n: int) -> tuple:
+    return data.draw(n, data.TRAIN_SEED)
+
+
+def _pool(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = _images(n)
+    return torch.from_numpy(data.to_model_space(images)).to(device), torch.from_numpy(labels).to(device)
+
+
+def _save(model: torch.nn.Module, path: Path) -> None:
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(path))
+
+
+class Ema:
+    """Exponential moving average of weights with the usual warm-up, min(decay, (1 + n) / (10 + n))."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.updates = decay, 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1 - d)
+
+
+def train_features(out: Path, steps: int, batch: int, seed: int, device: torch.device) -> dict:
+    """Train ShapeNet with noise augmentation; returns its held-out accuracy."""
+    torch.manual_seed(seed)
+    x_all, y_all = _pool(60_000, device)
+    net = ShapeNet(len(data.CLASSES)).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    net.train()
+    for step in range(steps):
+        idx = torch.randint(len(x_all), (batch,), device=device)
+        x, y = x_all[idx], y_all[idx]
+        x = x + torch.rand(batch, 1, 1, 1, device=device) * 0.15 * torch.randn_like(x)  # pixel noise, sigma <= 0.15
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 200 == 0:
+            print(f"features step {step} loss {loss.item():.4f}", flush=True)
+    net.eval()
+    images, labels = data.draw(4000, data.HELDOUT_SEED + 7)
+    with torch.no_grad():
+        _, logits = net.features_and_logits(torch.from_numpy(images).permute(0, 3, 1, 2).to(device))
+    acc = float((logits.argmax(1).cpu().numpy() == labels).mean())
+    _save(net.cpu(), out / "testbed_features.safetensors")
+    print(f"features held-out accuracy {acc:.4f}", flush=True)
+    return {"steps": steps, "batch": batch, "heldout_accuracy": acc}
+
+
+def train_diffusion(sparsity: str, out: Path, steps: int, batch: int, seed: int, lr: float,
+                    device: torch.device) -> dict:
+    """Train one testbed diffusion model; saves EMA weights, and for routing the EMA at 1/16 of training."""
+    torch.manual_seed(seed)
+    spec = model_spec(sparsity)
+    config, _ = spec.config()
+    net = SparseDiT(config).to(device)
+    ema = Ema(net, 0.999)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / WARMUP))
+    x_all, y_all = _pool(100_000, device)
+    n_tok = config.num_tokens
+    early_step = steps // 16
+    log: list[dict] = []
+    net.train()
+    start = time.time()
+    for step in range(1, steps + 1):
+        idx = torch.randint(len(x_all), (batch,), device=device)
+        x1, y = x_all[idx], y_all[idx].clone()
+        y[torch.rand(batch, device=device) < LABEL_DROPOUT] = config.num_classes  # null class for CFG
+        t = torch.rand(batch, device=device)
+        z = torch.randn_like(x1)
+        xt = t.view(-1, 1, 1, 1) * x1 + (1 - t.view(-1, 1, 1, 1)) * z
+        target = x1 - z
+        ids = select_tokens(batch, n_tok, TRAIN_GAMMA, None, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            v = net(xt, t, y, TRAIN_GAMMA, ids=ids)
+        err = (v.float() - target) ** 2
+        if sparsity == "masking":  # per-token weights: 1 on kept tokens, MAE_WEIGHT on masked ones
+            p = config.patch_size
+            side = config.input_size // p
+            keep = torch.zeros(batch, n_tok, device=device).scatter_(1, ids, 1.0).view(batch, 1, side, 1, side, 1)
+            weight = (keep + MAE_WEIGHT * (1 - keep)).expand(-1, 1, -1, p, -1, p).reshape(batch, 1, *x1.shape[2:])
+            loss = (err * weight).sum() / (weight.sum() * err.shape[1])
+        else:
+            loss = err.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        ema.update(net)
+        if step == early_step and sparsity == "routing":
+            _save(copy.deepcopy(ema.model).cpu(), out / "testbed_routing_early.safetensors")
+        if step % 100 == 0 or step == steps:
+            rate = step / (time.time() - start)
+            entry = {"step": step, "loss": round(loss.item(), 5), "cond_gap": round(_cond_gap(ema.model), 4)}
+            log.append(entry)
+            print(f"{sparsity} step {step}/{steps} loss {entry['loss']:.4f} cond_gap {entry['cond_gap']:.3f} "
+                  f"{rate:.2f} it/s eta {(steps - step) / rate / 60:.1f} min", flush=True)
+    _save(ema.model.cpu(), out / f"testbed_{sparsity}.safetensors")
+    return {"steps": steps, "batch": batch, "lr": lr, "early_step": early_step if sparsity == "routing" else None,
+            "seconds": round(time.time() - start), "log": log}
+
+
+@torch.no_grad()
+def _cond_gap(model: SparseDiT) -> float:
+    """|v(c) - v(null)| / |v(c)| on a fixed batch: how much the model listens to the class (should be >> 0.1)."""
+    g = torch.Generator().manual_seed(123)
+    device = next(model.parameters()).device
+    x = torch.randn(32, 3, 32, 32, generator=g).to(device)
+    t = torch.rand(32, generator=g).to(device)
+    y = torch.randint(model.config.num_classes, (32,), generator=g).to(device)
+    v_c = model(x, t, y)
+    v_u = model(x, t, torch.full_like(y, model.config.num_classes))
+    return float((v_c - v_u).norm() / v_c.norm().clamp_min(1e-8))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=["features", "routing", "masking"], action="append")
+    parser.add_argument("--steps", type=int, default=3500, help="diffusion training steps per model")
+    parser.add_argument("--feature-steps", type=int, default=1500)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=Path("checkpoints"))
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    record_path = args.out / "testbed_record.json"
+    for part in args.only or ["features", "routing", "masking"]:
+        if part == "features":
+            result = train_features(args.out, args.feature_steps, args.batch, args.seed, device)
+        else:
+            result = train_diffusion(part, args.out, args.steps, args.batch, args.seed, args.lr, device)
+        entry = {**result, "arch": ARCH if part != "features" else "ShapeNet", "seed": args.seed,
+                        "command": "python -m harness.testbed.train " + " ".join(argv or []),
+                        "torch": torch.__version__, "device": _device_name(device),
+                        "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+                        "git": _git_head(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+        if part != "features":
+            entry["config"] = {**ARCHS[ARCH], "sparsity": part, "route": list(ROUTE) if part == "routing"
+                                      else None, "train_gamma": TRAIN_GAMMA, "label_dropout": LABEL_DROPOUT}
+        record = json.loads(record_path.read_text()) if record_path.exists() else {}  # parts may run in parallel
+        record[part] = entry
+        record_path.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+
+
+def _git_head() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""Generation: per-image seeds across batch sizes and processes, resume after SIGKILL, corrupted shards, config
+changes, NaN detection, balanced labels and the ADM npz. Uses the tiny Testbed-XS/4 model with random weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from harness.cli import main
+from harness.errors import HarnessError
+from harness.runner import (
+    ADM_NPZ, MANIFEST, balanced_labels, generate_suite, plan_shards, rank_shards, read_samples, shard_is_valid,
+    shard_path,
+)
+from harness.suite import load_suite
+
+RUN = "cfgsg"
+
+
+def random_checkpoint(path: Path, nan: bool = False) -> Path:
+    """Testbed-XS/4 weights drawn at random, all non-zero (the adaLN-Zero init alone predicts zero velocity, which
+    would make every sampler, guidance and batch size give the initial noise back); `nan` poisons the output."""
+    from safetensors.torch import save_file
+
+    from harness.models import ModelSpec
+    from harness.models.dit import SparseDiT
+
+    config, _ = ModelSpec("Testbed-XS/4", sparsity="routing", route=(1, 2)).config()
+    gen = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(v.shape, generator=gen) * 0.1 for k, v in SparseDiT(config).state_dict().items()}
+    if nan:
+        state["final_layer.linear.bias"][0] = float("nan")
+    save_file(state, str(path))
+    return path
+
+
+def suite_text(checkpoint: Path, samples: int = 12, batch_size: int = 4, steps: int = 2,
+               labels: str = "uniform") -> str:
+    """A one-run suite (CFG+SG: null condition and per-image token selections, so every random draw is used)."""
+    return f"""\
+[suite]
+name = "rt"
+samples = {samples}
+batch_size = {batch_size}
+seed = 7
+labels = "{labels}"
+
+[sampler]
+steps = {steps}
+
+[models.main]
+arch = "Testbed-XS/4"
+checkpoint = "{checkpoint}"
+sparsity = "routing"
+route = [1, 2]
+
+[[runs]]
+name = "{RUN}"
+method = "cfg+sg"
+gamma_strong = 0.25
+gamma_weak = 0.5
+omega = 2.0
+"""
+
+
+def write_suite(folder: Path, checkpoint: Path, **kw) -> Path:
+    path = folder / "suite.toml"
+    path.write_text(suite_text(checkpoint, **kw))
+    return path
+
+
+def run_dir(out: Path) -> Path:
+    return out / "rt" / RUN
+
+
+def shards(out: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Every shard of the run: file name -> its arrays."""
+    result = {}
+    for p in sorted(run_dir(out).glob("samples-*.npz")):
+        with np.load(p) as data:
+            result[p.name] = {k: data[k] for k in data.files}
+    return result
+
+
+def images_by_index(out: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indices, images, labels) over all shards, checking that no index is duplicated."""
+    parts = list(shards(out).values())
+    indices = np.concatenate([p["indices"] for p in parts])
+    assert len(np.unique(indices)) == len(indices), "an image index appears twice"
+    order = np.argsort(indices)
+    return (indices[order], np.concatenate([p["arr_0"] for p in parts])[order],
+            np.concatenate([p["labels"] for p in parts])[order])
+
+
+def assert_same_samples(out: Path, ref: Path, n: int) -> None:
+    indices, images, labels = images_by_index(out)
+    ref_indices, ref_images, ref_labels = images_by_index(ref)
+    assert np.array_equal(indices, np.arange(n)) and np.array_equal(ref_indices, np.arange(n))
+    assert np.array_equal(labels, ref_labels)
+    assert np.array_equal(images, ref_images)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    return random_checkpoint(tmp_path_factory.mktemp("weights") / "testbed_xs.safetensors")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, weights) -> Path:
+    """An uninterrupted single-process run: 12 images, batch size 4 (3 shards), with the ADM npz."""
+    folder = tmp_path_factory.mktemp("reference")
+    suite = load_suite(write_suite(folder, weights), root=folder)
+    results = generate_suite(suite, runs_root=folder / "runs", device="cpu", adm_npz=True)
+    assert [(r.generated, r.kept) for r in results] == [(12, 0)]
+    return folder / "runs"
+
+
+def test_reference_run_layout_and_manifest(reference):
+    files = shards(reference)
+    assert list(files) == ["samples-000000.npz", "samples-000004.npz", "samples-000008.npz"]
+    first = files["samples-000008.npz"]
+    assert first["arr_0"].dtype == np.uint8 and first["arr_0"].shape == (4, 32, 32, 3)
+    assert first["labels"].dtype == np.int64 and list(first["indices"]) == [8, 9, 10, 11]
+    assert not list(run_dir(reference).glob(".*.tmp"))
+    manifest = json.loads((run_dir(reference) / MANIFEST).read_text())
+    suite = load_suite(run_dir(reference).parents[2] / "suite.toml", root=run_dir(reference).parents[2])
+    assert manifest["run"] == RUN and manifest["suite"] == "rt" and manifest["complete"] is True
+    assert manifest["config"] == suite.runs[0].config and manifest["config_hash"] == suite.runs[0].config_hash
+    assert manifest["device"].startswith("cpu") and manifest["world_size"] == 1 and manifest["dry_run"] is False
+    assert set(manifest["versions"]) >= {"torch", "numpy", "harness"}
+    with np.load(run_dir(reference) / ADM_NPZ) as adm:
+        assert adm.files == ["arr_0"]
+        assert np.array_equal(adm["arr_0"], images_by_index(reference)[1])
+    # images differ from one another: the per-image seeds are really used
+    images = images_by_index(reference)[1]
+    assert len({im.tobytes() for im in images}) == len(images)
+
+
+def test_shard_plan_is_independent_of_world_size():
+    plan = plan_shards(10, 4)
+    assert plan == [range(0, 4), range(4, 8), range(8, 10)]
+    for world in (1, 2, 3, 5):
+        split = [s for rank in range(world) for s in rank_shards(plan, rank, world)]
+        assert sorted(split, key=lambda s: s.start) == plan  # disjoint, complete, same files
+
+
+def test_batch_size_4_vs_9_same_samples(reference, weights, tmp_path):
+    suite = load_suite(write_suite(tmp_path, weights, batch_size=9), root=tmp_path)
+    generate_suite(suite, runs_root=tmp_path / "runs", device="cpu")
+    assert list(shards(tmp_path / "runs")) == ["samples-000000.npz", "samples-000009.npz"]
+    assert_same_samples(tmp_path / "runs", reference, 12)
+
+
+def test_sigkill_then_rerun_gives_the_uninterrupted_samples(reference, weights, tmp_path):
+    path = write_suite(tmp_path, weights)
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "harness", "generate", str(path), "--out", str(out), "--device", "cpu"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(run_dir(out).glob("samples-*.npz")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no shard appeared"
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert 1 <= len(shards(out)) < 3, "the kill did not interrupt the run"
+    rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert shards(out).keys() == shards(reference).keys()
+    assert_same_samples(out, reference, 12)
+
+
+def test_torchrun_two_processes_same_shards_as_one(reference, weights, tmp_path):
+    path = write_suite(tmp_path, weights)
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           "-m", "harness", "generate", str(path), "--out", str(out), "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got, want = shards(out), shards(reference)
+    assert list(got) == list(want)
+    for name in want:
+        for key in ("arr_0", "labels", "indices"):
+            assert np.array_equal(got[name][key], want[name][key]), (name, key)
+    manifest = json.loads((run_dir(out) / MANIFEST).read_text())
+    assert manifest["world_size"] == 2 and manifest["complete"] is True
+
+
+def copy_reference(reference: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the reference suite and runs to damage; returns (suite path, runs folder)."""
+    shutil.copytree(reference, tmp_path / "runs")
+    path = tmp_path / "suite.toml"
+    shutil.copy(reference.parent / "suite.toml", path)
+    return path, tmp_path / "runs"
+
+
+def test_corrupted_and_truncated_shards_are_regenerated_alone(reference, tmp_path):
+    path, out = copy_reference(reference, tmp_path)
+    d = run_dir(out)
+    truncated, flipped, intact = (shard_path(d, i) for i in (0, 4, 8))
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 16] = bytes(16)  # inside arr_0: only the zip CRC notices
+    flipped.write_bytes(bytes(data))
+    (d / ".samples-000004.npz.999.tmp").write_bytes(b"left by a killed writer")
+    assert not shard_is_valid(truncated, range(0, 4)) and not shard_is_valid(flipped, range(4, 8))
+    before = intact.stat().st_mtime_ns
+    (result,) = generate_suite(load_suite(path, root=tmp_path), runs_root=out, device="cpu")
+    assert (result.generated, result.kept) == (8, 4)
+    assert intact.stat().st_mtime_ns == before
+    assert not list(d.glob(".*.tmp"))
+    assert_same_samples(out, reference, 12)
+
+
+def test_changed_config_stops_with_message_then_fresh_starts_over(reference, tmp_path, capsys):
+    path, out = copy_reference(reference, tmp_path)
+    path.write_text(path.read_text().replace("steps = 2", "steps = 3"))
+    status = main(["generate", str(path), "--out", str(out), "--root", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert f"run '{RUN}'" in err and "sampler.steps: 2 -> 3" in err and "--fresh" in err
+    assert shards(out).keys() == shards(reference).keys()  # nothing touched
+    old_images = images_by_index(out)[1]
+    assert main(["generate", str(path), "--out", str(out), "--root", str(tmp_path), "--fresh", "--samples", "4"]) == 0
+    manifest = json.loads((run_dir(out) / MANIFEST).read_text())
+    assert manifest["config"]["sampler"]["steps"] == 3 and not (run_dir(out) / ADM_NPZ).exists()
+    indices, images, _ = images_by_index(out)
+    assert list(shards(out)) == ["samples-000000.npz"] and np.array_equal(indices, np.arange(4))
+    assert not np.array_equal(images, old_images[:4])
+
+
+def test_more_samples_extends_fewer_stops(reference, tmp_path, capsys):
+    path, out = copy_reference(reference, tmp_path)
+    (result,) = generate_suite(load_suite(path, root=tmp_path, samples=14), runs_root=out, device="cpu")
+    assert (result.generated, result.kept) == (2, 12)
+    indices, images, _ = images_by_index(out)
+    assert np.array_equal(indices, np.arange(14))
+    assert np.array_equal(images[:12], images_by_index(reference)[1])
+    assert not (run_dir(out) / ADM_NPZ).exists()  # stale: it held 12 images
+    assert main(["generate", str(path), "--out", str(out), "--root", str(tmp_path), "--samples", "8"]) == 2
+    assert "run.samples: 14 -> 8" in capsys.readouterr().err
+
+
+def test_nan_sample_stops_run_naming_run_and_indices(tmp_path):
+    nan = random_checkpoint(tmp_path / "nan.safetensors", nan=True)
+    suite = load_suite(write_suite(tmp_path, nan, samples=6, batch_size=4, steps=2), root=tmp_path)
+    with pytest.raises(HarnessError, match=rf"run '{RUN}': NaN or Inf .* image indices \[0, 1, 2, 3\]"):
+        generate_suite(suite, runs_root=tmp_path / "runs", device="cpu")
+    assert not list(run_dir(tmp_path / "runs").glob("samples-*.npz"))
+
+
+def test_balanced_labels(weights, tmp_path):
+    labels = balanced_labels(20, 8, seed=7)
+    assert sorted(np.bincount(labels, minlength=8)) == [2] * 4 + [3] * 4  # equal up to the remainder
+    assert np.array_equal(labels, balanced_labels(20, 8, seed=7))
+    assert not np.array_equal(labels, balanced_labels(20, 8, seed=8))
+    suite = load_suite(write_suite(tmp_path, weights, samples=16, steps=2, labels="balanced"), root=tmp_path)
+    generate_suite(suite, runs_root=tmp_path / "runs", device="cpu")
+    _, got = read_samples(run_dir(tmp_path / "runs"))
+    assert np.array_equal(got, balanced_labels(16, 8, seed=7))
+    assert np.array_equal(np.bincount(got), [2] * 8)
