@@ -55,8 +55,8 @@ def format_plan(table: pd.DataFrame, fmt: str) -> str:
         return table.to_json(orient="records", indent=2)
     if fmt != "table":
         raise ValueError(f"unknown plan format {fmt!r}; known: table, csv, json")
-    decimals = {"omega": "{:g}", "gflops": "{:.2f}", "gflops_full": "{:.2f}", "tflops_image": "{:.3f}",
-                "tflops_total": "{:,.0f}"}
+    decimals = {"omega": "{:g}", "gflops": "{:.5g}", "gflops_full": "{:.5g}", "tflops_image": "{:.4g}",
+                "tflops_total": "{:,.6g}"}
     shown = table.astype(object).where(table.notna(), "")
     for column, spec in decimals.items():
         shown[column] = [spec.format(v) if v != "" else "" for v in shown[column]]

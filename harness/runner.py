@@ -231,10 +231,18 @@ def check_manifest(run: Run, run_dir: Path) -> str:
 
 
 class ModelCache:
-    """Models built once per suite model key (and VAE decoders once per name), shared across a suite's runs."""
+    """Models built once per suite model key (and VAE decoders once per name), shared across a suite's runs.
 
-    def __init__(self, device: torch.device):
+    With `dry_run`, models without a checkpoint get their zero-initialised layers redrawn (harness.dryrun) and VAEs
+    are built with random weights from `vae_config` (default SD-VAE's architecture); nothing is read from disk.
+    """
+
+    def __init__(self, device: torch.device, dry_run: bool = False, vae_config: dict[str, Any] | None = None,
+                 root: Path | None = None):
         self.device = device
+        self.dry_run = dry_run
+        self.vae_config = vae_config
+        self.root = root
         self.models: dict[str, FlowModel] = {}
         self.decoders: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
 
@@ -244,7 +252,12 @@ class ModelCache:
         if key not in self.models:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
-                self.models[key] = build_model(spec, self.device)
+                model = build_model(spec, self.device)
+                if self.dry_run and not spec.checkpoint:
+                    from harness.dryrun import redraw_zero_init
+
+                    redraw_zero_init(model)
+                self.models[key] = model
         return self.models[key]
 
     def decoder(self, vae: str | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -252,18 +265,16 @@ class ModelCache:
         if vae is None:
             return None
         if vae not in self.decoders:
-            self.decoders[vae] = load_decoder(vae, self.device)
+            self.decoders[vae] = load_decoder(vae, self.device, self.dry_run, self.vae_config, self.root)
         return self.decoders[vae]
 
 
-def load_decoder(vae: str, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+def load_decoder(vae: str, device: torch.device, random_init: bool = False, config: dict[str, Any] | None = None,
+                 root: Path | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The decoder of VAE `vae` from harness.models.vae.load_vae (latents -> pixels in [-1, 1])."""
-    try:
-        from harness.models.vae import load_vae
-    except ImportError as err:
-        raise HarnessError(f"VAE {vae!r}: decoding latents needs harness.models.vae.load_vae, which is not "
-                           f"available ({err})") from err
-    return load_vae(vae, device)
+    from harness.models.vae import load_vae
+
+    return load_vae(vae, device, random_init=random_init, config=config, root=root)
 
 
 def _finite_check(run_id: str, indices: range, decode: Callable | None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -293,17 +304,19 @@ class RunResult:
     seconds: float
 
 
-def _preflight(runs: Sequence[Run], runs_root: Path, fresh: bool) -> dict[str, str]:
-    """Check every selected run before any work: checkpoints present, VAE decoders importable, configs unchanged."""
-    missing = sorted({spec.checkpoint for run in runs for spec in run.models.values()
-                      if spec.checkpoint and not Path(spec.checkpoint).is_file()})
-    if missing:
-        raise HarnessError("checkpoint file(s) not found: " + ", ".join(missing))
-    if any(spec.vae for run in runs for spec in run.models.values()):
-        try:
-            from harness.models.vae import load_vae  # noqa: F401  (availability only; loaded per run)
-        except ImportError as err:
-            raise HarnessError(f"suite uses a VAE, but harness.models.vae.load_vae is not available ({err})") from err
+def _preflight(runs: Sequence[Run], runs_root: Path, fresh: bool, root: Path | None = None,
+               dry_run: bool = False) -> dict[str, str]:
+    """Check every selected run before any work: checkpoints and VAEs present (harness.assets; a dry run needs only
+    diffusers for its random VAE), configs unchanged."""
+    if dry_run:
+        if any(spec.vae for run in runs for spec in run.models.values()):
+            from harness.models.vae import require_diffusers
+
+            require_diffusers()
+    else:
+        from harness.assets import require_assets
+
+        require_assets(runs, root, generate=True, evaluate=False)
     return {run.run_id: "new" if fresh else check_manifest(run, run_dir_of(runs_root, run)) for run in runs}
 
 
@@ -371,33 +384,38 @@ def _finish(run: Run, run_dir: Path) -> None:
 
 def generate_suite(suite: Suite, runs: Sequence[Run] | None = None, runs_root: str | Path | None = None,
                    device: str | None = None, fresh: bool = False, adm_npz: bool = False,
-                   dry_run: bool = False) -> list[RunResult]:
+                   dry_run: bool = False, dry_vae_config: dict[str, Any] | None = None) -> list[RunResult]:
     """Generate the samples of `runs` (default: all of the suite's), resuming where earlier attempts stopped.
 
     Under torchrun every rank calls this with the same arguments; the process group is joined here (NCCL on CUDA,
-    gloo on CPU). `runs_root` defaults to <root>/runs; `device` defaults to cuda if available, else cpu.
+    gloo on CPU). `runs_root` defaults to <root>/runs; `device` defaults to cuda if available, else cpu. `dry_run`
+    marks the manifests and builds random models and VAEs (from `dry_vae_config`, default SD-VAE's) instead of
+    reading weights (harness.dryrun prepares such a suite).
     """
     runs = list(suite.runs if runs is None else runs)
     root_dir = Path(runs_root) if runs_root is not None else suite.root / "runs"
     dev = distributed.resolve_device(device)
     distributed.init(dev)
-    states = _preflight(runs, root_dir, fresh)
+    states = _preflight(runs, root_dir, fresh, suite.root, dry_run)
     distributed.barrier()  # every rank has read the old manifests before rank 0 rewrites them
-    cache = ModelCache(dev)
+    cache = ModelCache(dev, dry_run, dry_vae_config, suite.root)
     env = environment(dev) if distributed.is_main() else {}
     return [generate_run(run, run_dir_of(root_dir, run), cache, env, states[run.run_id], fresh, dry_run, adm_npz)
             for run in runs]
 
 
-def measure_costs(runs: Sequence[Run], runs_root: str | Path, device: str | None = None) -> list[Path]:
+def measure_costs(runs: Sequence[Run], runs_root: str | Path, device: str | None = None, dry_run: bool = False,
+                  dry_vae_config: dict[str, Any] | None = None, root: Path | None = None, warmup: int = 1,
+                  repeats: int = 3) -> list[Path]:
     """cost.json per run: FLOPs (harness.cost.run_cost) and timed sampling (harness.cost.measure_throughput).
 
-    A run whose cost.json was measured for the same config on the same device is kept as it is.
+    A run whose cost.json was measured for the same config on the same device is kept as it is. `dry_run` and
+    `dry_vae_config` build the models as generate_suite does; `warmup` and `repeats` go to measure_throughput.
     """
     from harness.cost import device_name, measure_throughput, run_cost
 
     dev = distributed.resolve_device(device)
-    cache = ModelCache(dev)
+    cache = ModelCache(dev, dry_run, dry_vae_config, root)
     written = []
     for run in runs:
         path = run_dir_of(runs_root, run) / COST
@@ -408,7 +426,7 @@ def measure_costs(runs: Sequence[Run], runs_root: str | Path, device: str | None
         models = {role: cache.model(run.model_keys[role], spec) for role, spec in run.models.items()}
         cost = {**run_cost(run.models, run.guidance, run.sampler),
                 **measure_throughput(models, run.guidance, run.sampler, run.batch_size, dev,
-                                     decode=cache.decoder(run.models["main"].vae)),
+                                     decode=cache.decoder(run.models["main"].vae), warmup=warmup, repeats=repeats),
                 "config_hash": run.config_hash}
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, cost)

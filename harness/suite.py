@@ -2,13 +2,15 @@
 
 A suite has [suite], [sampler], [models.<key>] and [[runs]] tables. In a run, a list-valued field (omega,
 gamma_strong, gamma_weak, interval, cfg_channels, weak_model) is a grid axis: the runs are the product of the axes,
-and each gets the id `<name>-<axis><value>...` (e.g. `sg-gs0.3-gw0.7-omega1.5`). Every mistake in a suite is
-reported as one HarnessError naming the file, the table or run, and the field, before anything runs.
+and each gets the id `<name>-<axis><value>...` (e.g. `sg-gs0.3-gw0.7-omega1.5`). A run may change [sampler] fields
+for itself alone with `sampler = {kind = ..., steps = ...}`. Every mistake in a suite is reported as one HarnessError
+naming the file, the table or run, and the field, before anything runs.
 """
 
 from __future__ import annotations
 
 import difflib
+import copy
 import hashlib
 import itertools
 import json
@@ -29,7 +31,7 @@ from harness.sampling import SAMPLERS, SamplerSpec
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"  # suite and run names become directory names
 # Grid axes in the order their values appear in a run id, with the id's abbreviation of each.
 GRID_AXES = {"gamma_strong": "gs", "gamma_weak": "gw", "omega": "omega", "interval": "int", "cfg_channels": "ch",
-             "weak_model": "weak"}
+             "weak_model": "weak", "seed": "seed"}
 # Config entries that do not change a single sample: they are kept in the config but not in its hash.
 NOT_HASHED = (("suite", "metrics"), ("suite", "reference"), ("run", "paper"))
 # Methods whose weak branch runs on the weak model, and those with a weak branch at all.
@@ -66,6 +68,16 @@ class SamplerTable(_Table):
     shift: float = Field(1.0, gt=0)
     last_step: float = Field(0.04, gt=0, lt=1)
     diffusion_norm: float = Field(1.0, ge=0)
+
+
+class RunSamplerTable(_Table):
+    """A run's `sampler = {...}`: the [sampler] fields it changes for that run alone (e.g. an ODE beside an SDE)."""
+
+    kind: Literal[SAMPLERS] | None = None
+    steps: int | None = Field(None, ge=1)
+    shift: float | None = Field(None, gt=0)
+    last_step: float | None = Field(None, gt=0, lt=1)
+    diffusion_norm: float | None = Field(None, ge=0)
 
 
 _Pos = Annotated[int, Field(ge=1)]
@@ -157,15 +169,17 @@ class RunTable(_Table):
     gamma_weak: list[GammaTable] | None = _grid_field()
     interval: list[_Interval] | None = _grid_field()
     cfg_channels: list[Literal["all", 3]] | None = _grid_field()
+    seed: list[Annotated[int, Field(ge=0)]] | None = _grid_field()  # overrides [suite] seed; a list measures spread
     paper: list[Annotated[str, Field(pattern=r"^[^:]+:[^:]+$")]] | None = None
     samples: int | None = Field(None, ge=1)
+    sampler: RunSamplerTable | None = None
 
     @field_validator("gamma_strong", "gamma_weak", mode="before")
     @classmethod
     def _gammas(cls, value: Any) -> Any:
         return [_gamma_input(v) for v in _axis(value)]
 
-    @field_validator("weak_model", "omega", "cfg_channels", "paper", mode="before")
+    @field_validator("weak_model", "omega", "cfg_channels", "seed", "paper", mode="before")
     @classmethod
     def _listed(cls, value: Any) -> Any:
         return _axis(value)
@@ -221,7 +235,7 @@ class Run:
     seed: int
     labels: str
     metrics: tuple[str, ...]
-    reference: Path | None
+    reference: Path | str | None  # a batch path, or a built-in such as "testbed:10000"
     paper: tuple[str, ...]
     config: dict[str, Any]
     config_hash: str
@@ -239,7 +253,7 @@ class Suite:
     seed: int
     labels: str
     metrics: tuple[str, ...]
-    reference: Path | None
+    reference: Path | str | None
     sampler: SamplerSpec
     models: dict[str, ModelSpec]
     runs: tuple[Run, ...]
@@ -336,23 +350,36 @@ class _Where:
         return self.data["runs"][loc[1]].get(fld)
 
 
-def load_suite(path: str | Path, root: str | Path | None = None, samples: int | None = None) -> Suite:
-    """Read, validate and expand a suite TOML file into runs; raises one HarnessError on any mistake.
-
-    Relative paths in the suite (checkpoints, reference) are taken relative to `root`, default the current
-    directory (the repository root, where `make` runs). `samples` overrides every run's sample count
-    (`harness bench --samples N`). Nothing is written and no weights are read.
-    """
+def read_suite_data(path: str | Path) -> dict[str, Any]:
+    """The parsed TOML of a suite file, unvalidated; HarnessError when it is missing or not TOML."""
     path = Path(path)
-    root = Path(root) if root is not None else Path.cwd()
     if not path.is_file():
         raise HarnessError(f"{path}: suite file not found")
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise HarnessError(f"{path}: TOML syntax error: {err}") from err
     except UnicodeDecodeError as err:
         raise HarnessError(f"{path}: not a UTF-8 text file ({err})") from err
+
+
+def load_suite(path: str | Path, root: str | Path | None = None, samples: int | None = None,
+               steps: int | None = None, data: dict[str, Any] | None = None) -> Suite:
+    """Read, validate and expand a suite TOML file into runs; raises one HarnessError on any mistake.
+
+    Relative paths in the suite (checkpoints, reference) are taken relative to `root`, default the current
+    directory (the repository root, where `make` runs). `samples` overrides every run's sample count
+    (`harness bench --samples N`), `steps` every run's sampling steps (`--steps N`). `data` is the already
+    parsed TOML of `path` (the dry run passes a modified copy); without it the file is read. Nothing is written
+    and no weights are read.
+    """
+    path = Path(path)
+    root = Path(root) if root is not None else Path.cwd()
+    data = read_suite_data(path) if data is None else data
+    if steps is not None:
+        if steps < 1:
+            raise HarnessError(f"--steps {steps}: must be >= 1")
+        data = _with_steps(data, steps)
     where = _Where(path, data)
     try:
         doc = SuiteFile.model_validate(data)
@@ -374,8 +401,25 @@ def load_suite(path: str | Path, root: str | Path | None = None, samples: int | 
             runs.append(run)
     s = doc.suite
     return Suite(path=path, root=root, name=s.name, samples=s.samples, batch_size=s.batch_size, seed=s.seed,
-                 labels=s.labels, metrics=tuple(s.metrics), reference=_resolve(s.reference, root), sampler=sampler,
-                 models=models, runs=tuple(runs))
+                 labels=s.labels, metrics=tuple(s.metrics), reference=_resolve_reference(s.reference, root),
+                 sampler=sampler, models=models, runs=tuple(runs))
+
+
+def _with_steps(data: dict[str, Any], steps: int) -> dict[str, Any]:
+    """A copy of suite TOML data with `steps` in [sampler] and in every run's own sampler table."""
+    data = copy.deepcopy(data)
+    for table in [data.setdefault("sampler", {}), *(r.get("sampler") for r in data.get("runs", [])
+                                                      if isinstance(r, dict))]:
+        if isinstance(table, dict):
+            table["steps"] = steps
+    return data
+
+
+def _resolve_reference(p: str | None, root: Path) -> Path | str | None:
+    """A reference batch path, or a built-in reference such as "testbed:10000" kept as it is."""
+    from harness.metrics import builtin_reference
+
+    return p if p is not None and builtin_reference(p) else _resolve(p, root)
 
 
 def _resolve(p: str | None, root: Path) -> Path | None:
@@ -480,8 +524,9 @@ def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any]
     gamma_weak = point["gamma_weak"].to_schedule() if "gamma_weak" in point else None
     if METHODS[method] is not None and gamma_weak is None:
         gamma_weak = gamma_strong  # cfg / ag / icg: the weak branch runs at the strong branch's sparsity
-    if method in SPARSE_METHODS and gamma_strong.kind == gamma_weak.kind == "constant" \
-            and gamma_strong.start >= gamma_weak.start:
+    # ag+sg may run its weak model at a lower gamma: the early checkpoint makes it weak (SG paper, Fig. 6)
+    if method in SPARSE_METHODS and METHODS[method][0] == "main" \
+            and gamma_strong.kind == gamma_weak.kind == "constant" and gamma_strong.start >= gamma_weak.start:
         raise where.error(name, "gamma_strong", f"method {method!r} needs gamma_strong < gamma_weak (the weak "
                                                 f"branch is the sparser one), got {gamma_strong.start:g} >= "
                                                 f"{gamma_weak.start:g}")
@@ -509,11 +554,13 @@ def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any]
                             gamma_weak=gamma_weak if METHODS[method] is not None else None, interval=interval,
                             cfg_channels=None if channels == "all" else int(channels))
     samples = samples_override or table.samples or doc.suite.samples
+    sampler = {**doc.sampler.model_dump(), **(table.sampler.model_dump(exclude_none=True) if table.sampler else {})}
     s = doc.suite
+    seed = point.get("seed", s.seed)
     config = {
-        "suite": {"name": s.name, "seed": s.seed, "labels": s.labels, "batch_size": s.batch_size,
+        "suite": {"name": s.name, "seed": seed, "labels": s.labels, "batch_size": s.batch_size,
                   "metrics": list(s.metrics), "reference": s.reference},
-        "sampler": doc.sampler.model_dump(),
+        "sampler": sampler,
         "models": {k: {"arch": t.arch, "checkpoint": t.checkpoint, "sparsity": t.sparsity, "route": t.route,
                        "vae": t.vae, "overrides": t.overrides()} for k, t in model_tables.items()},
         "run": {"id": run_id, "name": table.name, "method": method, "model": keys["main"],
@@ -524,6 +571,6 @@ def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any]
     }
     return Run(suite=s.name, run_id=run_id, name=table.name, method=method,
                models={role: models[k] for role, k in keys.items()}, model_keys=keys, guidance=guidance,
-               sampler=SamplerSpec(**doc.sampler.model_dump()), samples=samples, batch_size=s.batch_size,
-               seed=s.seed, labels=s.labels, metrics=tuple(s.metrics), reference=_resolve(s.reference, root),
+               sampler=SamplerSpec(**sampler), samples=samples, batch_size=s.batch_size,
+               seed=seed, labels=s.labels, metrics=tuple(s.metrics), reference=_resolve_reference(s.reference, root),
                paper=tuple(table.paper or []), config=config, config_hash=config_hash(config))

@@ -6,20 +6,8 @@ import pytest
 import torch
 
 from harness.guidance import METHODS, GuidanceSpec, Schedule, combine
-from harness.models import ModelSpec, build_model
 from harness.sampling import GuidedDenoiser, make_generators
 
-
-@pytest.fixture(scope="module")
-def models():
-    torch.manual_seed(0)
-    main = build_model(ModelSpec("Testbed-XS/4", sparsity="routing", route=(1, 2)))
-    weak = build_model(ModelSpec("Testbed-XS/4", sparsity="routing", route=(1, 2)))
-    for m in (main, weak):
-        for p in m.parameters():
-            if p.requires_grad:
-                p.data.normal_(0, 0.05)
-    return {"main": main, "weak": weak}
 
 
 def call(models, spec, t=0.5, progress=0.5, seeds=(0, 1, 2)):

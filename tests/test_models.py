@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.models import ARCHS, ModelSpec, build_model
+from harness.models import ARCHS, ModelSpec, build_model, randomize_weights
 from harness.models.checkpoint import load_checkpoint
 from harness.models.dit import DiTConfig, SparseDiT, select_tokens, sincos_pos_embed_2d
 
@@ -15,11 +15,8 @@ def tiny(sparsity="routing", **kw) -> SparseDiT:
                learn_sigma=False, decoder_hidden_size=24, decoder_depth=2, decoder_num_heads=2)
     cfg.update(kw)
     route = (1, 2) if sparsity == "routing" else None
-    torch.manual_seed(0)
     net = SparseDiT(DiTConfig(**cfg, sparsity=sparsity, route=route)).eval()
-    for p in net.parameters():  # the zero-initialised adaLN would make every block the identity
-        p.data.normal_(0, 0.1) if p.requires_grad else None
-    return net
+    return randomize_weights(net, std=0.1)  # the zero-initialised adaLN would make every block the identity
 
 
 def inputs(b=3, n_classes=5, side=16):
@@ -164,9 +161,7 @@ def _save(state, path):
 @pytest.mark.parametrize("name,wrap", [("m.safetensors", None), ("m.pt", "ema"), ("m.pt", "model"), ("m.pt", None)])
 def test_checkpoint_round_trip(tmp_path, name, wrap):
     spec = ModelSpec("Testbed-XS/4", sparsity="routing", route=(1, 2))
-    source = build_model(spec).net
-    for p in source.parameters():
-        p.data.normal_()
+    source = randomize_weights(build_model(spec).net, std=1.0)
     state = {k: v.contiguous() for k, v in source.state_dict().items()}
     path = tmp_path / name
     _save({wrap: state} if wrap else state, path)
@@ -204,3 +199,10 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(HarnessError, match="cut.safetensors: cannot read checkpoint"):
         load_checkpoint(build_model(ModelSpec("Testbed-XS/4")).net, path)
+
+
+def test_meta_model_runs_a_forward_without_memory():
+    model = build_model(ModelSpec("SiT-XL/2", sparsity="masking"), meta=True)
+    with torch.device("meta"):
+        v = model.velocity(torch.randn(2, 4, 32, 32), torch.rand(2), torch.tensor([1, 2]), 0.5)
+    assert v.shape == (2, 4, 32, 32) and v.device.type == "meta"

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from harness.guidance import GuidanceSpec, Schedule
-from harness.models import ModelSpec, build_model
+from harness.models import ModelSpec, build_model, randomize_weights
 from harness.sampling import SamplerSpec, generate, sample, to_uint8
 
 RUNS = {
@@ -18,17 +18,6 @@ RUNS = {
     "ag+sg": GuidanceSpec("ag+sg", 1.5, Schedule("cosine", 0.0, 0.6), Schedule("cosine", 0.6, 0.0)),
 }
 
-
-@pytest.fixture(scope="module")
-def models():
-    torch.manual_seed(0)
-    main = build_model(ModelSpec("Testbed-XS/4", sparsity="routing", route=(1, 2)))
-    weak = build_model(ModelSpec("Testbed-XS/4", sparsity="routing", route=(1, 2)))
-    for m in (main, weak):
-        for p in m.parameters():
-            if p.requires_grad:
-                p.data.normal_(0, 0.05)
-    return {"main": main, "weak": weak}
 
 
 @pytest.mark.parametrize("kind", ["euler", "euler_maruyama"])
@@ -43,10 +32,7 @@ def test_batch_size_does_not_change_images(models, method, kind):
 
 
 def test_heun_batch_invariance_and_masking(models):
-    masked = build_model(ModelSpec("Testbed-XS/4", sparsity="masking"))
-    for p in masked.parameters():
-        if p.requires_grad:
-            p.data.normal_(0, 0.05)
+    masked = randomize_weights(build_model(ModelSpec("Testbed-XS/4", sparsity="masking")))
     spec = GuidanceSpec("sg", 1.5, Schedule.constant(0.1), Schedule.constant(0.3))
     sampler = SamplerSpec("heun", steps=2)
     full, _ = generate({"main": masked}, spec, sampler, list(range(6)))

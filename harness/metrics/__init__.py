@@ -21,6 +21,8 @@ __all__ = [
     "FeatureExtractor",
     "MetricSpec",
     "build_extractor",
+    "builtin_reference",
+    "builtin_reference_images",
     "get_extractor_spec",
     "get_metric",
     "register_feature_extractor",
@@ -56,6 +58,9 @@ METRICS: dict[str, MetricSpec] = {}
 METRIC_KINDS = ("fd", "is", "precision", "recall", "class_acc")
 # Extractors registered by modules that this package must not import eagerly: imported on first use.
 _PLUGINS = {"testbed": "harness.testbed.features"}
+# Built-in reference images, `<name>:<count>` in a suite: "module:function" returning uint8 NHWC for a count.
+REFERENCE_SOURCES = {"testbed": "harness.testbed.features:reference_images"}
+_BUILTIN_REFERENCE = re.compile(r"^([a-z]+):(\d+)$")
 _NAME = re.compile(r"^[a-z][a-z0-9]*$")
 
 
@@ -95,6 +100,21 @@ def _load_plugin(extractor: str) -> None:
         except ModuleNotFoundError as error:
             if error.name != _PLUGINS[extractor]:
                 raise  # the plug-in exists but one of its imports is missing
+
+
+def builtin_reference(source: str) -> tuple[str, int] | None:
+    """(name, count) when `source` names built-in reference images such as "testbed:10000", else None."""
+    match = _BUILTIN_REFERENCE.match(source)
+    if match is None or match.group(1) not in REFERENCE_SOURCES:
+        return None
+    return match.group(1), int(match.group(2))
+
+
+def builtin_reference_images(source: str):
+    """The uint8 NHWC images of a built-in reference (see REFERENCE_SOURCES)."""
+    name, count = builtin_reference(source)
+    module, _, function = REFERENCE_SOURCES[name].partition(":")
+    return getattr(importlib.import_module(module), function)(count)
 
 
 def _unknown(kind: str, name: str, known: list[str]) -> HarnessError:

@@ -13,8 +13,15 @@ import numpy as np
 import torch
 
 from harness.errors import HarnessError
-from harness.metrics import FeatureExtractor, build_extractor, get_extractor_spec, get_metric
-from harness.metrics.frechet import GaussianStats, frechet_distance, gaussian_stats
+from harness.metrics import (
+    FeatureExtractor,
+    build_extractor,
+    builtin_reference,
+    builtin_reference_images,
+    get_extractor_spec,
+    get_metric,
+)
+from harness.metrics.frechet import GaussianStats, bootstrap_fd, frechet_distance, gaussian_stats
 from harness.metrics.inception_score import inception_score
 from harness.metrics.precision_recall import ADM_TILE, precision_recall
 from harness.metrics.reference import (
@@ -23,6 +30,9 @@ from harness.metrics.reference import (
     open_image_source,
     read_reference_stats,
 )
+
+BOOTSTRAP_RESAMPLES = 100  # resamples for the interval of each Frechet distance
+BOOTSTRAP_RESAMPLES_LARGE = 20  # above 512 dims (Inception: 2048), where one resample costs a full covariance
 
 SHARD_NAME = re.compile(r"^samples-(\d+)\.npz$")
 METRICS_FILE = "metrics.json"
@@ -98,6 +108,8 @@ class Reference:
             return source
         if isinstance(source, np.ndarray):
             return cls.from_array(source)
+        if isinstance(source, str) and builtin_reference(source):
+            return cls.from_array(builtin_reference_images(source), name=source)
         path = Path(source)
         if path.is_dir():
             shape, _ = open_image_source(path)
@@ -150,9 +162,14 @@ def compute_metrics(
     device: str | torch.device = "cpu",
     tile: int = ADM_TILE,
     sample_stats: Mapping[str, GaussianStats] | None = None,
-) -> dict[str, float]:
+    bootstrap: int = BOOTSTRAP_RESAMPLES,
+) -> dict[str, float | list[float]]:
     """Metric values from features: samples(extractor) and reference(extractor) give {key: [N, D]} and are called
-    only when needed; precomputed Inception statistics (by feature key) are preferred, as ADM does."""
+    only when needed; precomputed Inception statistics (by feature key) are preferred, as ADM does.
+
+    Each Frechet distance computed from sample features also gets `<name>_ci`: a 95% bootstrap interval over
+    resampled samples against the fixed reference statistics (`bootstrap` resamples; fewer above 512 dims,
+    where each costs a full covariance; 0 turns it off)."""
     specs = [get_metric(name) for name in names]
     results: dict[str, float] = {}
     pr_cache: dict[str, tuple[float, float]] = {}
@@ -162,7 +179,13 @@ def compute_metrics(
             ref_stats = (reference_stats or {}).get(spec.feature) if precomputed else None
             sam_stats = (sample_stats or {}).get(spec.feature) if precomputed else None
             ref_stats = ref_stats or gaussian_stats(reference(spec.extractor)[spec.feature])
-            sam_stats = sam_stats or gaussian_stats(samples(spec.extractor)[spec.feature])
+            if sam_stats is None:
+                features = samples(spec.extractor)[spec.feature]
+                sam_stats = gaussian_stats(features)
+                resamples = bootstrap if features.shape[1] <= 512 else min(bootstrap, BOOTSTRAP_RESAMPLES_LARGE)
+                if resamples >= 2 and len(features) >= 2:
+                    lo, hi = bootstrap_fd(features, ref_stats.mu, ref_stats.sigma, n_boot=resamples)
+                    results[f"{spec.name}_ci"] = [lo, hi]
             # ADM's order: sample statistics first
             results[spec.name] = frechet_distance(sam_stats, ref_stats)
         elif spec.kind == "is":
@@ -244,7 +267,7 @@ class Evaluator:
             _save_npz(path, {**features, "signature": np.array(signature)})
         return features
 
-    def evaluate(self, run_dir: str | os.PathLike, metrics: Sequence[str]) -> dict[str, float]:
+    def evaluate(self, run_dir: str | os.PathLike, metrics: Sequence[str]) -> dict[str, float | list[float]]:
         """Compute metrics for one run and merge them into its metrics.json; returns the new values."""
         run_dir = Path(run_dir)
         for name in metrics:
@@ -277,7 +300,7 @@ def evaluate_run(
     reference: Reference | str | os.PathLike | np.ndarray,
     device: str | torch.device = "cpu",
     **options: object,
-) -> dict[str, float]:
+) -> dict[str, float | list[float]]:
     """Compute metrics for one run (features cached in the run dir) and merge them into its metrics.json.
 
     options go to Evaluator (batch_size, extractor_options, progress, tile, reference_cache_dir: default the run's

@@ -84,3 +84,48 @@ def frechet_distance(stats1: GaussianStats, stats2: GaussianStats, eps: float = 
     diff = mu1 - mu2
     tr_covmean = trace_sqrt_product(sigma1, sigma2, eps)
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
+
+
+def psd_sqrt(sigma: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a covariance matrix (negative eigenvalues from round-off clipped to 0)."""
+    w, v = np.linalg.eigh(np.asarray(sigma, dtype=np.float64))
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def _fd_given_root(mu: np.ndarray, sigma: np.ndarray, ref_mu: np.ndarray, ref_trace: float,
+                   ref_root: np.ndarray) -> float:
+    """Frechet distance with tr sqrt(S1 S2) = sum sqrt(eig(R S1 R)), R = sqrt(S2), a symmetric eigenproblem."""
+    inner = ref_root @ sigma @ ref_root
+    eig = np.linalg.eigvalsh((inner + inner.T) / 2)
+    diff = mu - ref_mu
+    return float(diff @ diff + np.trace(sigma) + ref_trace - 2.0 * np.sqrt(np.clip(eig, 0.0, None)).sum())
+
+
+def bootstrap_fd(sample_features: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray,
+                 n_boot: int = 200, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of the FD when the samples are resampled with replacement (reference held fixed).
+
+    Each resample draws n rows of `sample_features` [n, d] with replacement, recomputes their mean and
+    covariance, and its Frechet distance to (ref_mu, ref_sigma). Returns the (1-level)/2 and (1+level)/2
+    quantiles of the n_boot distances. Cost per resample: one d x d covariance from n rows plus one d x d
+    symmetric eigendecomposition.
+    """
+    x = np.asarray(sample_features, dtype=np.float64)
+    ref_mu = np.asarray(ref_mu, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] != ref_mu.shape[0]:
+        raise ValueError(f"sample_features must be [n >= 2, {ref_mu.shape[0]}], got {list(x.shape)}")
+    if n_boot < 2 or not 0.0 < level < 1.0:
+        raise ValueError(f"need n_boot >= 2 and 0 < level < 1, got n_boot={n_boot}, level={level}")
+    ref_sigma = np.asarray(ref_sigma, dtype=np.float64)
+    ref_root, ref_trace = psd_sqrt(ref_sigma), float(np.trace(ref_sigma))
+    n = x.shape[0]
+    centred = x - x.mean(axis=0)
+    rng = np.random.default_rng(seed)
+    distances = np.empty(n_boot)
+    for b in range(n_boot):
+        weights = np.bincount(rng.integers(0, n, size=n), minlength=n).astype(np.float64)
+        mean_c = weights @ centred / n
+        sigma = (centred.T * weights) @ centred / (n - 1) - np.outer(mean_c, mean_c) * n / (n - 1)
+        distances[b] = _fd_given_root(mean_c + x.mean(axis=0), sigma, ref_mu, ref_trace, ref_root)
+    lo, hi = np.quantile(distances, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    return float(lo), float(hi)

@@ -78,5 +78,16 @@ def build_model(spec: ModelSpec, device: torch.device | str = "cpu", root: Path 
     return FlowModel(net.to(device).eval(), convention)
 
 
+def randomize_weights(model: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torch.nn.Module:
+    """Re-draw every trainable weight from N(0, std): a freshly built DiT predicts exactly zero (adaLN-Zero and a
+    zeroed output layer), so dry runs and tests that need methods to differ use this instead."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=generator) * std)
+    return model
+
+
 __all__ = ["ARCHS", "CONVENTIONS", "DiTConfig", "FlowModel", "ModelSpec", "SparseDiT", "build_model",
-           "load_checkpoint"]
+           "load_checkpoint", "randomize_weights"]

@@ -235,8 +235,8 @@ class SparseDiT(nn.Module):
         self.t_embedder = TimestepEmbedder(cfg.hidden_size)
         self.y_embedder = LabelEmbedder(cfg.num_classes, cfg.hidden_size)
         # Fixed table, kept as a frozen Parameter so the official checkpoints' `pos_embed` key loads.
-        pos = torch.from_numpy(sincos_pos_embed_2d(cfg.hidden_size, grid)).float().unsqueeze(0)
-        self.pos_embed = nn.Parameter(pos, requires_grad=False)
+        pos = torch.tensor(sincos_pos_embed_2d(cfg.hidden_size, grid), dtype=torch.float32).unsqueeze(0)
+        self.pos_embed = nn.Parameter(pos, requires_grad=False)  # torch.tensor follows a device context (meta)
         self.blocks = nn.ModuleList(
             [DiTBlock(cfg.hidden_size, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth)]
         )
@@ -245,7 +245,7 @@ class SparseDiT(nn.Module):
             width = cfg.decoder_hidden_size
             self.decoder_embed = nn.Linear(cfg.hidden_size, width)
             self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
-            dec_pos = torch.from_numpy(sincos_pos_embed_2d(width, grid)).float().unsqueeze(0)
+            dec_pos = torch.tensor(sincos_pos_embed_2d(width, grid), dtype=torch.float32).unsqueeze(0)
             self.decoder_pos_embed = nn.Parameter(dec_pos, requires_grad=False)
             self.decoder_blocks = nn.ModuleList(
                 [

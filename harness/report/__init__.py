@@ -6,10 +6,10 @@ from harness.report.page import write_report
 from harness.report.paper_tables import write_paper_tables
 from harness.report.pareto import pareto_front, plot_pareto
 from harness.report.results import collect_results, load_results, metric_higher_is_better
-from harness.report.uncertainty import bootstrap_fd, compare_rows, frechet_distance, tied_with_best
+from harness.report.uncertainty import compare_rows, tied_with_best
 
 __all__ = [
-    "add_report_parser", "baseline_points", "bootstrap_fd", "collect_results", "compare_rows", "frechet_distance",
+    "add_report_parser", "baseline_points", "collect_results", "compare_rows",
     "load_baseline_table", "load_results", "main_report", "metric_higher_is_better", "normalise_paper_map",
     "pareto_front", "plot_pareto", "tied_with_best", "write_paper_tables", "write_report",
 ]

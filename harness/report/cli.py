@@ -25,11 +25,16 @@ def suite_name_and_meta(spec: str) -> tuple[str, dict[str, Any]]:
     suite = data.get("suite", {})
     if "name" not in suite:
         raise HarnessError(f"{path}: field suite.name is missing")
-    meta = {f"suite.{k}": v for k, v in suite.items() if k != "name"}
+    return str(suite["name"]), suite_meta(data)
+
+
+def suite_meta(data: dict[str, Any]) -> dict[str, Any]:
+    """The settings report.md prints from a suite's parsed TOML: [suite] (but its name), [sampler], [models.*]."""
+    meta = {f"suite.{k}": v for k, v in data.get("suite", {}).items() if k != "name"}
     meta.update({f"sampler.{k}": v for k, v in data.get("sampler", {}).items()})
     meta.update({f"models.{name}": ", ".join(f"{k} = {v}" for k, v in model.items())
                  for name, model in data.get("models", {}).items()})
-    return str(suite["name"]), meta
+    return meta
 
 
 def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

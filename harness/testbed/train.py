@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -191,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             result = train_diffusion(part, args.out, args.steps, args.batch, args.seed, args.lr, device)
         entry = {**result, "arch": ARCH if part != "features" else "ShapeNet", "seed": args.seed,
-                        "command": "python -m harness.testbed.train " + " ".join(argv or []),
+                        "command": " ".join(["python -m harness.testbed.train", *(sys.argv[1:] if argv is None
+                                                                                    else argv)]),
                         "torch": torch.__version__, "device": _device_name(device),
                         "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
                         "git": _git_head(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -1,0 +1,34 @@
+# guidance-harness: `make bench` runs the embedded testbed suite end to end; `make test` runs the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+SUITE ?= testbed
+SAMPLES ?=
+ARGS ?=
+
+.PHONY: setup test bench perf testbed plan
+
+setup: $(VENV)/.installed
+
+# torch is installed first and only when none is importable, so pip never resolves a bare `torch` on its own.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/pip install $(TORCH)
+	$(BIN)/pip install -e ".[dev]"
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest -q $(ARGS)
+
+bench: setup
+	$(BIN)/harness bench suites/$(SUITE).toml $(if $(SAMPLES),--samples $(SAMPLES)) $(ARGS)
+
+plan: setup
+	$(BIN)/harness plan suites/$(SUITE).toml $(ARGS)
+
+perf: setup
+	$(BIN)/python -m benchmarks.perf $(ARGS)
+
+testbed: setup
+	$(BIN)/python -m harness.testbed.train $(ARGS)

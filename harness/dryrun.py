@@ -1,0 +1,180 @@
+"""Dry runs: a suite's whole pipeline (plan, generation, cost, evaluation, report) with random weights, anywhere.
+
+`harness bench SUITE --dry-run` checks that a suite runs end to end before GPU time is spent on it: the models
+are built from their architectures without checkpoints, the VAE from SD-VAE's config, the Inception network from
+random weights (harness.metrics.features.write_random_inception_weights), and the reference batch is the first
+images of the real one when it is present, else random images written in ADM's format. Nothing is downloaded.
+Every number is marked as a dry run (manifest "dry_run": true, a banner in report.md) and lands apart from real
+runs: the suite is renamed <name>-dryrun, so its runs and report go to runs/<name>-dryrun and
+reports/<name>-dryrun, which also hold its reference batch and Inception weights.
+
+A randomly initialised DiT/SiT predicts exactly zero (adaLN-Zero gates and the zeroed final layer), which would
+make every guidance method return the initial noise; the dry run redraws those zero-initialised tensors from
+N(0, 0.02) so that methods, gammas and weights give different samples. Real runs never do this.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from harness.errors import HarnessError
+from harness.models import ARCHS, ModelSpec
+from harness.suite import Suite, load_suite, read_suite_data
+
+DRY_SUFFIX = "-dryrun"
+DRY_SAMPLES = 4  # per run: the fewest that precision/recall (k = 3 nearest neighbours) accept
+DRY_STEPS = 2
+REDRAW_STD = 0.02
+REFERENCE_FILE = "reference-dryrun.npz"
+INCEPTION_FILE = "inception-random.pth"
+# What a substituted architecture keeps from the suite's model (its data space: the VAE and classes it expects),
+# and the shape fields of the suite's model it drops (they belong to the architecture that is replaced).
+_KEEP = ("input_size", "in_channels", "num_classes", "learn_sigma", "class_in_tokens", "convention")
+_SHAPE = ("patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio", "decoder_hidden_size", "decoder_depth",
+          "decoder_num_heads")
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What a dry run sets: images per run, sampling steps, and optionally a smaller architecture for every model
+    (then also a narrow VAE of the same latent layout, for quick checks and tests)."""
+
+    samples: int = DRY_SAMPLES
+    steps: int = DRY_STEPS
+    arch: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.samples < DRY_SAMPLES:
+            raise HarnessError(f"--samples {self.samples}: a dry run needs at least {DRY_SAMPLES} images per run "
+                               f"(precision and recall use 3 nearest neighbours)")
+        if self.steps < 1:
+            raise HarnessError(f"--steps {self.steps}: must be >= 1")
+        if self.arch is not None and self.arch not in ARCHS:
+            raise HarnessError(f"--dry-run-arch {self.arch!r}: unknown architecture; known: {', '.join(ARCHS)}")
+
+
+@dataclass(frozen=True)
+class DrySuite:
+    """A suite prepared for a dry run, with the files its evaluation uses (written by prepare_evaluation)."""
+
+    suite: Suite
+    options: DryRun
+    folder: Path  # <runs root>/<name>-dryrun
+    reference: Path | None  # the dry reference batch (None when the suite has no file reference)
+    source_reference: Path | None  # the real reference batch its images are taken from, when present
+    vae_config: dict[str, Any] | None  # the random VAE's architecture (None: SD-VAE's)
+    meta: dict[str, Any]  # the settings report.md prints
+
+    @property
+    def inception_weights(self) -> Path:
+        return self.folder / INCEPTION_FILE
+
+    @property
+    def extractor_options(self) -> dict[str, dict[str, object]]:
+        """Evaluator options: the Inception extractor on the random weights."""
+        return {"inception": {"weights_path": str(self.inception_weights)}}
+
+    def prepare_evaluation(self, reference_images: int | None = None) -> None:
+        """Write the random Inception weights and the dry reference batch (`reference_images` images, default as
+        many as each run has), unless an earlier dry run did."""
+        from harness.metrics import get_metric
+        from harness.metrics.features import random_smooth_images, write_random_inception_weights
+        from harness.metrics.reference import build_reference_batch, write_reference_batch
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        inception = any(get_metric(m).extractor == "inception" for m in self.suite.metrics)
+        if inception and not self.inception_weights.is_file():
+            write_random_inception_weights(self.inception_weights, calibration_images=2)
+        if self.reference is None or self.reference.is_file():
+            return
+        count = reference_images or self.options.samples
+        if self.source_reference is not None:
+            build_reference_batch(self.source_reference, self.reference, None, limit=count, progress=False)
+        else:
+            size = image_size(self.suite)
+            write_reference_batch(self.reference, random_smooth_images(count, size, np.random.default_rng(0)))
+
+
+def image_size(suite: Suite) -> int:
+    """Side of the suite's images: the main model's input size, times 8 for SD-VAE latents."""
+    spec = suite.runs[0].models["main"]
+    config, _ = spec.config()
+    return config.input_size * (8 if spec.vae else 1)
+
+
+@torch.no_grad()
+def redraw_zero_init(module: torch.nn.Module, std: float = REDRAW_STD) -> int:
+    """Redraw every all-zero parameter from N(0, std) (adaLN-Zero, final layer, biases); returns how many.
+
+    Uses the global RNG: callers seed it (runner.ModelCache seeds per model key). Dry runs only.
+    """
+    redrawn = 0
+    for param in module.parameters():
+        if param.numel() and not param.any():
+            param.normal_(0.0, std)
+            redrawn += 1
+    return redrawn
+
+
+def _substitute_arch(table: dict[str, Any], key: str, arch: str, original: Suite) -> None:
+    """Give [models.<key>] another architecture, keeping its data space and clamping its route to the new depth."""
+    config, convention = original.models[key].config()
+    preset, preset_convention = ModelSpec(arch).config()
+    for fld in _SHAPE:
+        table.pop(fld, None)
+    table["arch"] = arch
+    table.update({f: getattr(config, f) for f in _KEEP if f != "convention"
+                  and getattr(preset, f) != getattr(config, f)})
+    if convention != preset_convention:
+        table["convention"] = convention
+    if table.get("route"):
+        depth = preset.depth
+        first, last = table["route"]
+        last = min(last, depth - 1)
+        table["route"] = [min(first, last), last]
+
+
+def load_dry_suite(path: str | Path, root: str | Path | None, runs_root: str | Path | None,
+                   options: DryRun) -> DrySuite:
+    """The dry-run version of a suite: validated as written first, then renamed, without checkpoints, with
+    options.samples images and options.steps steps per run, optionally options.arch, and a dry reference batch."""
+    path = Path(path)
+    root = Path(root) if root is not None else Path.cwd()
+    data = read_suite_data(path)
+    original = load_suite(path, root, data=data)  # a mistake in the suite is reported against the file as written
+    dry = copy.deepcopy(data)
+    name = original.name + DRY_SUFFIX
+    folder = Path(runs_root) / name if runs_root is not None else root / "runs" / name
+    dry["suite"].update(name=name, samples=options.samples, batch_size=min(original.batch_size, options.samples))
+    dry.setdefault("sampler", {})["steps"] = options.steps  # load_suite's overrides below also reach every run
+    for key, table in dry["models"].items():
+        table.pop("checkpoint", None)
+        if options.arch:
+            _substitute_arch(table, key, options.arch, original)
+    reference = source = None
+    if isinstance(original.reference, Path) and original.metrics:
+        reference = folder / REFERENCE_FILE
+        dry["suite"]["reference"] = str(reference)
+        source = original.reference if original.reference.is_file() else None
+    suite = load_suite(path, root, samples=options.samples, steps=options.steps, data=dry)
+    from harness.models.vae import SMALL_VAE_CONFIG
+    from harness.report.cli import suite_meta
+
+    vae_config = dict(SMALL_VAE_CONFIG) if options.arch else None
+    origin = (f"the first images of {source}" if source else "random images") if reference else "as in the suite"
+    meta = {"dry run": f"random weights (zero-initialised layers redrawn from N(0, {REDRAW_STD})), a random "
+                       f"{'narrow ' if vae_config else ''}VAE, random Inception weights; reference: {origin}; "
+                       f"per run {options.samples} samples, {options.steps} sampling step(s)"
+                       + (f"; every model as {options.arch}" if options.arch else ""),
+            **suite_meta(dry)}
+    return DrySuite(suite, options, folder, reference, source, vae_config, meta)
+
+
+__all__ = ["DRY_SAMPLES", "DRY_STEPS", "DRY_SUFFIX", "DryRun", "DrySuite", "image_size", "load_dry_suite",
+           "redraw_zero_init"]
