@@ -18,22 +18,15 @@ import numpy as np
 import torch
 
 from harness.metrics.extractor import no_tf32
-from harness.metrics.features import InceptionExtractor, random_smooth_images, write_random_inception_weights
+from harness.metrics.features import (
+    InceptionExtractor,
+    TorchFidelityImages,
+    random_smooth_images,
+    write_random_inception_weights,
+)
 from harness.metrics.inception_score import inception_score
 from harness.metrics.precision_recall import ADM_TILE, precision_recall
 
-
-class _ImageDataset(torch.utils.data.Dataset):
-    """uint8 CHW tensors, torch-fidelity's input format."""
-
-    def __init__(self, images: np.ndarray) -> None:
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(self.images[i]).permute(2, 0, 1).contiguous()
 
 
 def _sync(device: torch.device) -> None:
@@ -68,7 +61,7 @@ def bench_inception(
 
         def fidelity_run(subset: np.ndarray) -> None:
             torch_fidelity.calculate_metrics(
-                input1=_ImageDataset(subset), isc=True, isc_splits=1, samples_shuffle=False, cuda=device.type == "cuda",
+                input1=TorchFidelityImages(subset), isc=True, isc_splits=1, samples_shuffle=False, cuda=device.type == "cuda",
                 batch_size=batch_size, feature_extractor_weights_path=str(weights), cache=False, verbose=False,
             )
 

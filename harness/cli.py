@@ -201,7 +201,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         print(f"wrote {write_report(suite.name, runs_root, reports, dry.meta)} (dry run: random weights)")
         return 0
-    return run_delegated("report", [str(suite.path), "--runs-dir", str(runs_root), "--reports-dir", str(reports)])
+    paper = ["--paper"] if any(run.paper for run in runs) else []  # paper tables when runs map to baselines
+    return run_delegated("report", [str(suite.path), "--runs-dir", str(runs_root), "--reports-dir", str(reports),
+                                    *paper])
 
 
 def _dry_plan(suite, runs, reports: Path) -> None:

@@ -16,7 +16,12 @@ from harness.errors import HarnessError
 from harness.metrics import FEATURE_EXTRACTORS, METRICS, FeatureExtractor, get_metric, register_feature_extractor
 from harness.metrics import adm_eval, features, frechet
 from harness.metrics.evaluate import Evaluator, Reference, evaluate_run, list_shards
-from harness.metrics.features import InceptionExtractor, random_smooth_images, write_random_inception_weights
+from harness.metrics.features import (
+    InceptionExtractor,
+    TorchFidelityImages,
+    random_smooth_images,
+    write_random_inception_weights,
+)
 from harness.metrics.frechet import GaussianStats, frechet_distance, gaussian_stats
 from harness.metrics.inception_score import inception_score
 from harness.metrics.precision_recall import manifold_radii, precision_recall
@@ -71,25 +76,13 @@ def harness_features(inception: InceptionExtractor, image_sets: dict) -> dict[st
     return sets
 
 
-class _ImageDataset(torch.utils.data.Dataset):
-    """uint8 CHW tensors, the input torch-fidelity takes."""
-
-    def __init__(self, images: np.ndarray) -> None:
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(self.images[i]).permute(2, 0, 1).contiguous()
-
 
 def test_fid_and_is_match_torch_fidelity(random_weights: Path, image_sets: dict, harness_features: dict) -> None:
     import torch_fidelity
 
     theirs = torch_fidelity.calculate_metrics(
-        input1=_ImageDataset(image_sets["samples"]),
-        input2=_ImageDataset(image_sets["reference"]),
+        input1=TorchFidelityImages(image_sets["samples"]),
+        input2=TorchFidelityImages(image_sets["reference"]),
         isc=True,
         fid=True,
         cuda=False,

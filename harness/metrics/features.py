@@ -152,3 +152,16 @@ def random_smooth_images(n: int, size: int, rng: np.random.Generator) -> np.ndar
     image = np.repeat(np.repeat(coarse, size // 4, axis=1), size // 4, axis=2)
     noise = rng.normal(0.0, 12.0, size=image.shape)
     return np.clip(image + noise, 0, 255).astype(np.uint8)
+
+
+class TorchFidelityImages(torch.utils.data.Dataset):
+    """uint8 NHWC images as torch-fidelity's input (uint8 CHW tensors), to run its metrics on the same images."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(self.images[i]).permute(2, 0, 1).contiguous()
