@@ -172,7 +172,7 @@ def _cond_gap(model: SparseDiT) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["features", "routing", "masking"], action="append")
-    parser.add_argument("--steps", type=int, default=3500, help="diffusion training steps per model")
+    parser.add_argument("--steps", type=int, default=4000, help="diffusion training steps per model")
     parser.add_argument("--feature-steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
