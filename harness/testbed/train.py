@@ -72,10 +72,10 @@ class Ema:
         torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1 - d)
 
 
-def train_features(out: Path, steps: int, batch: int, seed: int, device: torch.device) -> dict:
+def train_features(out: Path, steps: int, batch: int, seed: int, device: torch.device, pool: int = 60_000) -> dict:
     """Train ShapeNet with noise augmentation; returns its held-out accuracy."""
     torch.manual_seed(seed)
-    x_all, y_all = _pool(60_000, device)
+    x_all, y_all = _pool(pool, device)
     net = ShapeNet(len(data.CLASSES)).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
@@ -102,7 +102,7 @@ def train_features(out: Path, steps: int, batch: int, seed: int, device: torch.d
 
 
 def train_diffusion(sparsity: str, out: Path, steps: int, batch: int, seed: int, lr: float,
-                    device: torch.device) -> dict:
+                    device: torch.device, pool: int = 100_000) -> dict:
     """Train one testbed diffusion model; saves EMA weights, and for routing the EMA at 1/16 of training."""
     torch.manual_seed(seed)
     spec = model_spec(sparsity)
@@ -111,7 +111,7 @@ def train_diffusion(sparsity: str, out: Path, steps: int, batch: int, seed: int,
     ema = Ema(net, 0.999)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / WARMUP))
-    x_all, y_all = _pool(100_000, device)
+    x_all, y_all = _pool(pool, device)
     n_tok = config.num_tokens
     early_step = steps // 16
     log: list[dict] = []
@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("checkpoints"))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--pool", type=int, default=None, help="training images drawn once and reused "
+                                                                 "(default 60000 for features, 100000 otherwise)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.threads:
@@ -188,9 +190,10 @@ def main(argv: list[str] | None = None) -> None:
     record_path = args.out / "testbed_record.json"
     for part in args.only or ["features", "routing", "masking"]:
         if part == "features":
-            result = train_features(args.out, args.feature_steps, args.batch, args.seed, device)
+            result = train_features(args.out, args.feature_steps, args.batch, args.seed, device, args.pool or 60_000)
         else:
-            result = train_diffusion(part, args.out, args.steps, args.batch, args.seed, args.lr, device)
+            result = train_diffusion(part, args.out, args.steps, args.batch, args.seed, args.lr, device,
+                                     args.pool or 100_000)
         entry = {**result, "arch": ARCH if part != "features" else "ShapeNet", "seed": args.seed,
                         "command": " ".join(["python -m harness.testbed.train", *(sys.argv[1:] if argv is None
                                                                                     else argv)]),

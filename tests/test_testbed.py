@@ -1,0 +1,58 @@
+"""The embedded testbed: data, committed checkpoints, the feature network, the training script, the suite."""
+
+import json
+
+import numpy as np
+import pytest
+
+from harness.guidance import GuidanceSpec
+from harness.models import build_model
+from harness.sampling import SamplerSpec, generate
+from harness.suite import load_suite
+from harness.testbed import data, train
+from harness.testbed.features import TestbedExtractor, reference_images
+
+
+def test_data_is_deterministic_varied_and_labelled():
+    a, la = data.draw(64, 3)
+    b, lb = data.draw(64, 3)
+    c, _ = data.draw(64, 4)
+    assert a.dtype == np.uint8 and a.shape == (64, 32, 32, 3)
+    assert np.array_equal(a, b) and np.array_equal(la, lb) and not np.array_equal(a, c)
+    assert set(la.tolist()) <= set(range(len(data.CLASSES)))
+    same_class = a[la == la[0]]
+    assert len({im.tobytes() for im in same_class}) == len(same_class)  # no two images of a class alike
+    assert not np.array_equal(reference_images(8), data.draw(8, data.TRAIN_SEED)[0])
+
+
+def test_committed_feature_network_classifies_held_out_images():
+    images, labels = data.draw(400, 31337)
+    logits = TestbedExtractor().extract([images], 400, 200, progress=False)["logits"]
+    assert (logits.argmax(1) == labels).mean() > 0.95
+
+
+def test_suite_loads_and_guidance_matters_on_the_committed_models():
+    suite = load_suite("suites/testbed.toml")
+    assert suite.reference == "testbed:10000"
+    cfg_run = next(r for r in suite.runs if r.run_id == "cfg-omega3")
+    models = {role: build_model(spec) for role, spec in cfg_run.models.items()}
+    extractor = TestbedExtractor()
+    accuracy = {}
+    for name, guidance in (("none", GuidanceSpec("none")), ("cfg", cfg_run.guidance)):
+        images, labels = generate(models, guidance, SamplerSpec("euler", 12), list(range(96)))
+        logits = extractor.extract([images], 96, 96, progress=False)["logits"]
+        accuracy[name] = (logits.argmax(1) == labels).mean()
+    assert accuracy["cfg"] > accuracy["none"] + 0.05
+    assert accuracy["none"] > 0.3  # far above chance (0.125): the committed model learned the classes
+
+
+@pytest.mark.parametrize("part", ["routing", "masking"])
+def test_training_script_writes_loadable_checkpoints_and_a_record(tmp_path, part):
+    train.main(["--only", part, "--steps", "32", "--batch", "8", "--pool", "64", "--out", str(tmp_path)])
+    record = json.loads((tmp_path / "testbed_record.json").read_text())
+    assert record[part]["steps"] == 32 and record[part]["log"][-1]["step"] == 32
+    assert np.isfinite(record[part]["log"][-1]["loss"])
+    spec = train.model_spec(part)
+    spec.checkpoint = str(tmp_path / f"testbed_{part}.safetensors")
+    build_model(spec)  # strict load into the suite's architecture
+    assert (tmp_path / "testbed_routing_early.safetensors").exists() == (part == "routing")
