@@ -11,6 +11,7 @@ import torch
 
 from harness.errors import HarnessError
 from harness.metrics.evaluate import Reference, compute_metrics
+from harness.metrics.features import add_inception_arguments
 from harness.metrics.extractor import FeatureExtractor
 from harness.metrics.precision_recall import ADM_TILE
 from harness.metrics.reference import read_reference_stats
@@ -62,9 +63,7 @@ def configure_adm_eval_parser(parser: argparse.ArgumentParser) -> argparse.Argum
     parser.add_argument("ref_batch", help="ADM reference batch .npz (arr_0, optional mu/sigma/mu_s/sigma_s)")
     parser.add_argument("sample_batch", help="sample batch .npz (arr_0 = uint8 [N, H, W, 3])")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of ADM's lines")
-    parser.add_argument("--inception-weights", default=None, help="Inception weights file (else torch-fidelity's)")
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--batch-size", type=int, default=64, help="Inception batch size (ADM: 64)")
+    add_inception_arguments(parser)
     parser.set_defaults(func=run_adm_eval)
     return parser
 

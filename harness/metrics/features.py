@@ -165,3 +165,10 @@ class TorchFidelityImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return torch.from_numpy(self.images[i]).permute(2, 0, 1).contiguous()
+
+
+def add_inception_arguments(parser) -> None:
+    """The Inception options shared by `harness adm-eval` and `harness reference`."""
+    parser.add_argument("--inception-weights", default=None, help="Inception weights file (else torch-fidelity's)")
+    parser.add_argument("--device", default=None, help="device for Inception (default: cuda if available, else cpu)")
+    parser.add_argument("--batch-size", type=int, default=64, help="Inception batch size (ADM: 64)")

@@ -309,9 +309,9 @@ def configure_reference_parser(parser: argparse.ArgumentParser) -> argparse.Argu
     parser.add_argument("--keep", type=int, default=None, help="store only the first N in arr_0 (ADM: 10000); "
                         "statistics still cover every image read")
     parser.add_argument("--no-stats", action="store_true", help="write arr_0 only (no Inception needed)")
-    parser.add_argument("--inception-weights", default=None, help="Inception weights file (else torch-fidelity's)")
-    parser.add_argument("--device", default=None, help="device for Inception (default: cuda if available)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    from harness.metrics.features import add_inception_arguments
+
+    add_inception_arguments(parser)
     parser.set_defaults(func=run_reference)
     return parser
 
