@@ -61,7 +61,8 @@ def bench_inception(
 
         def fidelity_run(subset: np.ndarray) -> None:
             torch_fidelity.calculate_metrics(
-                input1=TorchFidelityImages(subset), isc=True, isc_splits=1, samples_shuffle=False, cuda=device.type == "cuda",
+                input1=TorchFidelityImages(subset), isc=True, isc_splits=1, samples_shuffle=False,
+                cuda=device.type == "cuda",
                 batch_size=batch_size, feature_extractor_weights_path=str(weights), cache=False, verbose=False,
             )
 

@@ -36,7 +36,8 @@ class SamplerSpec:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
 
     def time_grid(self) -> torch.Tensor:
-        """steps + 1 increasing times (float64) from 0 to 1 (to 1 - last_step for the SDE, whose mean step ends at 1)."""
+        """Increasing times (float64): steps + 1 from 0 to 1 for the ODEs; for the SDE, steps from 0 to
+        1 - last_step (its final mean step ends at 1)."""
         if self.kind == "euler_maruyama":
             return torch.linspace(0.0, 1.0 - self.last_step, self.steps, dtype=torch.float64)
         sigma = torch.linspace(1.0, 0.0, self.steps + 1, dtype=torch.float64)

@@ -21,7 +21,8 @@ def tiny(sparsity="routing", **kw) -> SparseDiT:
 
 def inputs(b=3, n_classes=5, side=16):
     g = torch.Generator().manual_seed(1)
-    return torch.randn(b, 3, side, side, generator=g), torch.rand(b, generator=g), torch.randint(n_classes, (b,), generator=g)
+    x = torch.randn(b, 3, side, side, generator=g)
+    return x, torch.rand(b, generator=g), torch.randint(n_classes, (b,), generator=g)
 
 
 def test_gamma_zero_routing_is_the_dense_forward():

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.image import imread
-from scipy import linalg
 
 from harness.errors import HarnessError
 from harness.report import (
