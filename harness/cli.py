@@ -104,13 +104,13 @@ def _runs_root(args: argparse.Namespace, suite) -> Path:
     return Path(args.out) if args.out else suite.root / "runs"
 
 
-def _generate(args: argparse.Namespace, suite, runs, dry=None) -> None:
+def _generate(args: argparse.Namespace, suite, runs, dry=None, cache=None) -> None:
     from harness import distributed
     from harness.runner import generate_suite
 
     results = generate_suite(suite, runs, _runs_root(args, suite), args.device, fresh=args.fresh,
                              adm_npz=args.adm_npz, dry_run=dry is not None,
-                             dry_vae_config=dry.vae_config if dry is not None else None)
+                             dry_vae_config=dry.vae_config if dry is not None else None, cache=cache)
     for r in results:
         rate = f", {r.generated / r.seconds:.2f} img/s" if r.generated and r.seconds > 0 else ""
         distributed.print0(f"{r.run_id}: {r.generated} generated, {r.kept} kept{rate} -> {r.run_dir}")
@@ -186,15 +186,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         require_assets(runs, suite.root, generate=True, evaluate=bool(suite.metrics))
     elif distributed.is_main():
         _dry_plan(suite, runs, reports)
-    _generate(args, suite, runs, dry)
+    from harness.runner import ModelCache, measure_costs
+
+    # one cache for generation and cost measurement: the models and VAE are built once
+    cache = ModelCache(distributed.resolve_device(args.device), dry is not None,
+                       dry.vae_config if dry is not None else None, suite.root)
+    _generate(args, suite, runs, dry, cache)
     if not distributed.is_main():
         return 0
-    from harness.runner import measure_costs
-
     runs_root = _runs_root(args, suite)
     timing = {"warmup": 0, "repeats": 1} if dry is not None else {}
-    measure_costs(runs, runs_root, args.device, dry_run=dry is not None,
-                  dry_vae_config=dry.vae_config if dry is not None else None, root=suite.root, **timing)
+    measure_costs(runs, runs_root, args.device, root=suite.root, cache=cache, **timing)
     evaluate_runs(suite, runs, runs_root, args.device, dry)
     if dry is not None:
         from harness.report import write_report

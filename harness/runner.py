@@ -384,13 +384,14 @@ def _finish(run: Run, run_dir: Path) -> None:
 
 def generate_suite(suite: Suite, runs: Sequence[Run] | None = None, runs_root: str | Path | None = None,
                    device: str | None = None, fresh: bool = False, adm_npz: bool = False,
-                   dry_run: bool = False, dry_vae_config: dict[str, Any] | None = None) -> list[RunResult]:
+                   dry_run: bool = False, dry_vae_config: dict[str, Any] | None = None,
+                   cache: ModelCache | None = None) -> list[RunResult]:
     """Generate the samples of `runs` (default: all of the suite's), resuming where earlier attempts stopped.
 
     Under torchrun every rank calls this with the same arguments; the process group is joined here (NCCL on CUDA,
     gloo on CPU). `runs_root` defaults to <root>/runs; `device` defaults to cuda if available, else cpu. `dry_run`
     marks the manifests and builds random models and VAEs (from `dry_vae_config`, default SD-VAE's) instead of
-    reading weights (harness.dryrun prepares such a suite).
+    reading weights (harness.dryrun prepares such a suite). A given `cache` keeps the built models for later stages.
     """
     runs = list(suite.runs if runs is None else runs)
     root_dir = Path(runs_root) if runs_root is not None else suite.root / "runs"
@@ -398,7 +399,7 @@ def generate_suite(suite: Suite, runs: Sequence[Run] | None = None, runs_root: s
     distributed.init(dev)
     states = _preflight(runs, root_dir, fresh, suite.root, dry_run)
     distributed.barrier()  # every rank has read the old manifests before rank 0 rewrites them
-    cache = ModelCache(dev, dry_run, dry_vae_config, suite.root)
+    cache = cache or ModelCache(dev, dry_run, dry_vae_config, suite.root)
     env = environment(dev) if distributed.is_main() else {}
     return [generate_run(run, run_dir_of(root_dir, run), cache, env, states[run.run_id], fresh, dry_run, adm_npz)
             for run in runs]
@@ -406,16 +407,17 @@ def generate_suite(suite: Suite, runs: Sequence[Run] | None = None, runs_root: s
 
 def measure_costs(runs: Sequence[Run], runs_root: str | Path, device: str | None = None, dry_run: bool = False,
                   dry_vae_config: dict[str, Any] | None = None, root: Path | None = None, warmup: int = 1,
-                  repeats: int = 3) -> list[Path]:
+                  repeats: int = 3, cache: ModelCache | None = None) -> list[Path]:
     """cost.json per run: FLOPs (harness.cost.run_cost) and timed sampling (harness.cost.measure_throughput).
 
     A run whose cost.json was measured for the same config on the same device is kept as it is. `dry_run` and
-    `dry_vae_config` build the models as generate_suite does; `warmup` and `repeats` go to measure_throughput.
+    `dry_vae_config` build the models as generate_suite does (or `cache` holds them already); `warmup` and
+    `repeats` go to measure_throughput.
     """
     from harness.cost import device_name, measure_throughput, run_cost
 
     dev = distributed.resolve_device(device)
-    cache = ModelCache(dev, dry_run, dry_vae_config, root)
+    cache = cache or ModelCache(dev, dry_run, dry_vae_config, root)
     written = []
     for run in runs:
         path = run_dir_of(runs_root, run) / COST
