@@ -26,7 +26,7 @@ ARCHS: dict[str, dict] = {
     for family in ("DiT", "SiT") for size in _SIZES for patch in (2, 4, 8)
 }
 ARCHS["Testbed-S/4"] = dict(depth=6, hidden_size=128, num_heads=4, patch_size=4, input_size=32, in_channels=3,
-                            num_classes=8, learn_sigma=False, class_in_tokens=True, convention="sit",
+                            num_classes=10, learn_sigma=False, class_in_tokens=True, convention="sit",
                             decoder_hidden_size=96, decoder_depth=2, decoder_num_heads=4)
 ARCHS["Testbed-XS/4"] = dict(ARCHS["Testbed-S/4"], depth=4, hidden_size=96, num_heads=4)
 

@@ -1,6 +1,6 @@
 """Procedural class-conditional shapes: the embedded testbed's dataset, deterministic from a seed and unlimited.
 
-Eight classes with silhouettes that stay distinct under rotation. Within a class the size, position, rotation,
+Ten classes with silhouettes that stay distinct under rotation. Within a class the size, position, rotation,
 foreground colour and background shade vary, so a sampler that collapses onto one look loses recall.
 Shapes are drawn at 2x resolution and 2x2 average-pooled, which anti-aliases their edges.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-CLASSES = ("disc", "ring", "square", "frame", "triangle", "cross", "stripes", "half-disc")
+CLASSES = ("disc", "ring", "square", "frame", "triangle", "cross", "stripes", "half-disc", "checker", "crescent")
 PALETTE = np.array(  # foreground colours, RGB in [0, 1]
     [[0.95, 0.25, 0.2], [0.2, 0.75, 0.3], [0.25, 0.45, 0.95], [0.95, 0.85, 0.2], [0.9, 0.4, 0.9], [0.3, 0.9, 0.9]]
 )
@@ -41,6 +41,10 @@ def _inside(kind: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return (np.abs(u) <= 0.9) & (np.abs(v) <= 0.9) & (np.floor((v + 0.9) / 0.36) % 2 == 0)
     if kind == 7:
         return (r <= 1.0) & (v >= -0.1)
+    if kind == 8:  # 2x2 checkerboard: two diagonal squares
+        return (box <= 0.8) & (u * v >= 0)
+    if kind == 9:  # the disc minus a disc shifted right
+        return (r <= 1.0) & ((u - 0.55) ** 2 + v * v >= 0.75**2)
     raise ValueError(f"unknown class {kind}")
 
 

@@ -22,7 +22,7 @@ class ShapeNet(nn.Module):
 
     feature_dim = 128
 
-    def __init__(self, num_classes: int = 8):
+    def __init__(self, num_classes: int = 10):
         super().__init__()
         self.stages = nn.Sequential(_stage(3, 32), nn.MaxPool2d(2), _stage(32, 64), nn.MaxPool2d(2), _stage(64, 128))
         self.head = nn.Linear(128, num_classes)
