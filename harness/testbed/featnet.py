@@ -1,7 +1,8 @@
 """The testbed's feature network: a small CNN classifier of the procedural shapes.
 
 Its 128-d pooled features give `fd_testbed` and precision/recall in its space; its logits give `class_acc`.
-It is trained with noise augmentation so that distances measure shapes rather than pixel noise.
+It is trained on augmented images (blur, colour shift, pixel noise) so that distances measure shapes, sizes and
+colours rather than the small imperfections every generated image has.
 """
 
 from __future__ import annotations
