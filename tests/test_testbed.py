@@ -3,13 +3,14 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from harness.guidance import GuidanceSpec
 from harness.models import build_model
 from harness.sampling import SamplerSpec, generate
 from harness.suite import load_suite
-from harness.testbed import data, train
+from harness.testbed import compare, data, train
 from harness.testbed.features import TestbedExtractor, reference_images
 
 
@@ -43,7 +44,7 @@ def test_suite_loads_and_guidance_matters_on_the_committed_models():
         logits = extractor.extract([images], 96, 96, progress=False)["logits"]
         accuracy[name] = (logits.argmax(1) == labels).mean()
     assert accuracy["cfg"] > accuracy["none"] + 0.05
-    assert accuracy["none"] > 0.3  # far above chance (0.125): the committed model learned the classes
+    assert accuracy["none"] > 0.3  # far above chance (0.1): the committed model learned the classes
 
 
 @pytest.mark.parametrize("part", ["routing", "masking"])
@@ -56,3 +57,19 @@ def test_training_script_writes_loadable_checkpoints_and_a_record(tmp_path, part
     spec.checkpoint = str(tmp_path / f"testbed_{part}.safetensors")
     build_model(spec)  # strict load into the suite's architecture
     assert (tmp_path / "testbed_routing_early.safetensors").exists() == (part == "routing")
+
+
+def test_retrain_comparison_measures_differences_in_seed_spreads(tmp_path, capsys):
+    committed = pd.DataFrame({"run": ["unguided-seed0", "unguided-seed1", "unguided-seed2", "cfg"],
+                              "gflops": [1.0, 1.0, 1.0, 2.0], "fd_testbed": [10.0, 11.0, 12.0, 5.0]})
+    retrained = committed.assign(fd_testbed=[10.5, 11.5, 12.5, 9.0])
+    table = compare.compare(committed, retrained).set_index("run")
+    assert list(table["metric"].unique()) == ["fd_testbed"]  # cost columns are not compared
+    assert table.loc["cfg", "seed_sd"] == pytest.approx(1.0)  # pooled over both tables' seed group
+    assert table.loc["cfg", "delta_in_sd"] == pytest.approx(4.0) and not table.loc["cfg", "within_spread"]
+    assert table.loc["unguided-seed1", "within_spread"]
+    committed.to_csv(tmp_path / "a.csv", index=False)
+    retrained.to_csv(tmp_path / "b.csv", index=False)
+    assert compare.main([str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]) == 0
+    assert "fd_testbed: 3/4 runs within" in capsys.readouterr().out
+    assert compare.main([str(tmp_path / "a.csv"), str(tmp_path / "missing.csv")]) == 2

@@ -86,6 +86,7 @@ def _augment(x: torch.Tensor) -> torch.Tensor:
 def train_features(out: Path, steps: int, batch: int, seed: int, device: torch.device, pool: int = 60_000) -> dict:
     """Train ShapeNet on augmented images (see _augment); returns its held-out accuracy."""
     torch.manual_seed(seed)
+    start = time.time()
     x_all, y_all = _pool(pool, device)
     net = ShapeNet(len(data.CLASSES)).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
@@ -109,7 +110,7 @@ def train_features(out: Path, steps: int, batch: int, seed: int, device: torch.d
     acc = float((logits.argmax(1).cpu().numpy() == labels).mean())
     _save(net.cpu(), out / "testbed_features.safetensors")
     print(f"features held-out accuracy {acc:.4f}", flush=True)
-    return {"steps": steps, "batch": batch, "heldout_accuracy": acc}
+    return {"steps": steps, "batch": batch, "heldout_accuracy": acc, "seconds": round(time.time() - start)}
 
 
 def train_diffusion(sparsity: str, out: Path, steps: int, batch: int, seed: int, lr: float,
