@@ -19,6 +19,7 @@ import torch
 
 from harness.cli import main
 from harness.errors import HarnessError
+from harness.models import ARCHS
 from harness.runner import (
     ADM_NPZ, MANIFEST, balanced_labels, generate_suite, plan_shards, rank_shards, read_samples, shard_is_valid,
     shard_path,
@@ -273,5 +274,7 @@ def test_balanced_labels(weights, tmp_path):
     suite = load_suite(write_suite(tmp_path, weights, samples=16, steps=2, labels="balanced"), root=tmp_path)
     generate_suite(suite, runs_root=tmp_path / "runs", device="cpu")
     _, got = read_samples(run_dir(tmp_path / "runs"))
-    assert np.array_equal(got, balanced_labels(16, 8, seed=7))
-    assert np.array_equal(np.bincount(got), [2] * 8)
+    classes = ARCHS["Testbed-XS/4"]["num_classes"]
+    assert np.array_equal(got, balanced_labels(16, classes, seed=7))
+    base, extra = divmod(16, classes)  # equal counts up to the remainder
+    assert sorted(np.bincount(got, minlength=classes)) == [base] * (classes - extra) + [base + 1] * extra

@@ -72,4 +72,7 @@ def test_retrain_comparison_measures_differences_in_seed_spreads(tmp_path, capsy
     retrained.to_csv(tmp_path / "b.csv", index=False)
     assert compare.main([str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]) == 0
     assert "fd_testbed: 3/4 runs within" in capsys.readouterr().out
+    assert compare.rank_agreement(compare.compare(committed, retrained)) == pytest.approx(1.0)
+    assert compare.rank_agreement(compare.compare(committed, committed.assign(fd_testbed=[3.0, 2.0, 1.0, 4.0]))) \
+        == pytest.approx(-1.0)
     assert compare.main([str(tmp_path / "a.csv"), str(tmp_path / "missing.csv")]) == 2

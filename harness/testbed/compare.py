@@ -5,6 +5,7 @@ in units of the seed-to-seed spread that the suite itself measures (runs repeate
 
 A difference counts as within the spread when |retrained - committed| <= 2 * sqrt(2) * sd: two independent draws
 of one quantity with seed sd `sd` differ by more than that about 5% of the time. sd pools both tables' seed groups.
+The Spearman correlation of the runs' values says whether the retrained models rank the methods the same way.
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ def compare(committed: pd.DataFrame, retrained: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def rank_agreement(part: pd.DataFrame) -> float:
+    """Spearman correlation between the committed and retrained values of one metric over the runs."""
+    return float(part["committed"].corr(part["retrained"], method="spearman"))
+
+
 def _read(path: str) -> pd.DataFrame:
     if not Path(path).is_file():
         raise HarnessError(f"{path}: results table not found (run `harness bench` for it first)")
@@ -82,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         print(table.round(4).to_string(index=False))
     for metric, part in table.groupby("metric", sort=False):
         print(f"{metric}: {int(part['within_spread'].sum())}/{len(part)} runs within {TOLERANCE:.2f} seed sd "
-              f"(sd {part['seed_sd'].iloc[0]:.4f})")
+              f"(sd {part['seed_sd'].iloc[0]:.4f}); mean difference {part['delta'].mean():+.4f}; rank agreement "
+              f"(Spearman) {rank_agreement(part):.3f}")
     return 0
 
 
