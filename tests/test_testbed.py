@@ -76,3 +76,12 @@ def test_retrain_comparison_measures_differences_in_seed_spreads(tmp_path, capsy
     assert compare.rank_agreement(compare.compare(committed, committed.assign(fd_testbed=[3.0, 2.0, 1.0, 4.0]))) \
         == pytest.approx(-1.0)
     assert compare.main([str(tmp_path / "a.csv"), str(tmp_path / "missing.csv")]) == 2
+
+
+def test_training_is_deterministic_from_its_seed(tmp_path):
+    args = ["--only", "routing", "--steps", "8", "--batch", "8", "--pool", "64"]
+    for run in ("a", "b"):
+        train.main([*args, "--out", str(tmp_path / run)])
+    train.main([*args, "--seed", "1", "--out", str(tmp_path / "c")])
+    weights = {run: (tmp_path / run / "testbed_routing.safetensors").read_bytes() for run in "abc"}
+    assert weights["a"] == weights["b"] and weights["a"] != weights["c"]
