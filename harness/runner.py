@@ -180,10 +180,34 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
+_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) so that a suite hashes each checkpoint once."""
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _FINGERPRINTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+        _FINGERPRINTS[key] = digest.hexdigest()
+    return _FINGERPRINTS[key]
+
+
+def weights_fingerprint(run: Run) -> dict[str, str]:
+    """sha256 of every checkpoint the run samples from, by model key: retrained weights at the same path change it."""
+    return {run.model_keys[role]: file_sha256(spec.checkpoint) for role, spec in run.models.items()
+            if spec.checkpoint and Path(spec.checkpoint).is_file()}
+
+
 def make_manifest(run: Run, env: dict[str, Any], dry_run: bool, complete: bool) -> dict[str, Any]:
-    """manifest.json of a run: its resolved config and hash, the environment, and whether all shards exist."""
-    return {"run": run.run_id, "suite": run.suite, "config": run.config, "config_hash": run.config_hash, **env,
-            "dry_run": dry_run, "complete": complete}
+    """manifest.json of a run: its resolved config and hash, the checkpoints' sha256, the environment, and whether
+    all shards exist."""
+    return {"run": run.run_id, "suite": run.suite, "config": run.config, "config_hash": run.config_hash,
+            "weights_sha256": {} if dry_run else weights_fingerprint(run), **env, "dry_run": dry_run,
+            "complete": complete}
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -198,8 +222,9 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 def check_manifest(run: Run, run_dir: Path) -> str:
     """How an existing run directory relates to `run`: "new", "same", or "grown" (only samples increased).
 
-    A run whose earlier config differs in anything that changes the samples raises a HarnessError naming the
-    run and the differing fields and saying to pass --fresh.
+    A run whose earlier config differs in anything that changes the samples, or whose checkpoint files changed
+    (sha256, e.g. after `make testbed`), raises a HarnessError naming the run and the differences and saying to
+    pass --fresh.
     """
     path = run_dir / MANIFEST
     if not path.is_file():
@@ -213,6 +238,14 @@ def check_manifest(run: Run, run_dir: Path) -> str:
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise HarnessError(f"{path}: unreadable manifest ({err}); pass --fresh to start run {run.run_id!r} "
                            f"over") from err
+    old_weights = old.get("weights_sha256") or {}
+    new_weights = weights_fingerprint(run) if old_weights else {}
+    changed_weights = sorted(k for k in old_weights if k in new_weights and old_weights[k] != new_weights[k])
+    if changed_weights:
+        detail = "; ".join(f"[models.{k}] {run.config['models'][k]['checkpoint']}: sha256 {old_weights[k][:12]} -> "
+                           f"{new_weights[k][:12]}" for k in changed_weights)
+        raise HarnessError(f"run {run.run_id!r}: its checkpoint changed since {run_dir} was generated ({detail}). "
+                           f"Pass --fresh to delete that run's samples and start over, or use another --out")
     if old_hash == run.config_hash:
         return "same"
     before, after = _flatten(old_config), _flatten(run.config)

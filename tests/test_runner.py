@@ -246,6 +246,22 @@ def test_changed_config_stops_with_message_then_fresh_starts_over(reference, tmp
     assert not np.array_equal(images, old_images[:4])
 
 
+def test_retrained_checkpoint_at_the_same_path_stops_with_message(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    ckpt = random_checkpoint(tmp_path / "w.safetensors")
+    path, out = write_suite(tmp_path, ckpt, samples=4), tmp_path / "runs"
+    assert main(["generate", str(path), "--out", str(out)]) == 0
+    assert main(["generate", str(path), "--out", str(out)]) == 0  # unchanged weights resume
+    before = shards(out)
+    save_file({k: v * 1.01 for k, v in load_file(str(ckpt)).items()}, str(ckpt))  # "retrained" in place
+    assert main(["generate", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint changed" in err and "[models.main]" in err and "--fresh" in err
+    assert all(np.array_equal(before[k]["arr_0"], v["arr_0"]) for k, v in shards(out).items())  # nothing touched
+    assert main(["generate", str(path), "--out", str(out), "--fresh"]) == 0
+
+
 def test_more_samples_extends_fewer_stops(reference, tmp_path, capsys):
     path, out = copy_reference(reference, tmp_path)
     (result,) = generate_suite(load_suite(path, root=tmp_path, samples=14), runs_root=out, device="cpu")

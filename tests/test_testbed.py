@@ -11,7 +11,7 @@ from harness.models import build_model
 from harness.sampling import SamplerSpec, generate
 from harness.suite import load_suite
 from harness.testbed import compare, data, train
-from harness.testbed.features import TestbedExtractor, reference_images
+from harness.testbed.features import TestbedExtractor as ShapeNetExtractor, reference_images
 
 
 def test_data_is_deterministic_varied_and_labelled():
@@ -28,7 +28,7 @@ def test_data_is_deterministic_varied_and_labelled():
 
 def test_committed_feature_network_classifies_held_out_images():
     images, labels = data.draw(400, 31337)
-    logits = TestbedExtractor().extract([images], 400, 200, progress=False)["logits"]
+    logits = ShapeNetExtractor().extract([images], 400, 200, progress=False)["logits"]
     assert (logits.argmax(1) == labels).mean() > 0.95
 
 
@@ -37,7 +37,7 @@ def test_suite_loads_and_guidance_matters_on_the_committed_models():
     assert suite.reference == "testbed:10000"
     cfg_run = next(r for r in suite.runs if r.run_id == "cfg-omega3")
     models = {role: build_model(spec) for role, spec in cfg_run.models.items()}
-    extractor = TestbedExtractor()
+    extractor = ShapeNetExtractor()
     accuracy = {}
     for name, guidance in (("none", GuidanceSpec("none")), ("cfg", cfg_run.guidance)):
         images, labels = generate(models, guidance, SamplerSpec("euler", 12), list(range(96)))
