@@ -56,7 +56,7 @@ def compare(committed: pd.DataFrame, retrained: pd.DataFrame) -> pd.DataFrame:
             delta = float(b - a)
             rows.append({"run": row["run"], "metric": metric, "committed": float(a), "retrained": float(b),
                          "delta": delta, "seed_sd": sd, "delta_in_sd": delta / sd if sd > 0 else math.nan,
-                         "within_spread": bool(abs(delta) <= TOLERANCE * sd) if sd == sd else None})
+                         "within_spread": None if math.isnan(sd) else abs(delta) <= TOLERANCE * sd})
     return pd.DataFrame(rows)
 
 
