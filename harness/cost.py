@@ -38,9 +38,9 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from harness.errors import HarnessError
 from harness.guidance import GuidanceSpec
-from harness.models import ModelSpec
+from harness.models import ModelSpec, family_of
 from harness.models.adapters import FlowModel
-from harness.models.dit import DiTConfig, SparseDiT, num_sparse
+from harness.models.dit import num_sparse
 from harness.sampling import GuidedDenoiser, SamplerSpec, draw_labels, draw_noise, make_generators, sample, to_uint8
 
 aten = torch.ops.aten
@@ -57,16 +57,16 @@ def _cpu_flash_attention_flop(query_shape, key_shape, value_shape, *args, out_sh
 
 
 @functools.lru_cache(maxsize=8)
-def _fake_network(config: DiTConfig) -> tuple[FakeTensorMode, SparseDiT]:
-    """The network of `config` with fake parameters (shapes only), and the mode that owns them."""
+def _fake_network(config) -> tuple[FakeTensorMode, torch.nn.Module]:
+    """The network of `config` (any model family) with fake parameters (shapes only), and the mode that owns them."""
     mode = FakeTensorMode()
     with mode:
-        net = SparseDiT(config).eval()
+        net = family_of(config).network(config).eval()
     return mode, net
 
 
 @functools.lru_cache(maxsize=None)
-def _count_tokens(config: DiTConfig, sparse_tokens: int) -> tuple[int, int]:
+def _count_tokens(config, sparse_tokens: int) -> tuple[int, int]:
     """(linear/conv FLOPs, attention FLOPs) of one single-image forward with `sparse_tokens` routed or masked."""
     n = config.num_tokens
     gamma = 0.0 if sparse_tokens == 0 else (sparse_tokens + 0.5) / n  # any gamma with int(n * gamma) = sparse_tokens
@@ -74,11 +74,9 @@ def _count_tokens(config: DiTConfig, sparse_tokens: int) -> tuple[int, int]:
     counter = FlopCounterMode(display=False, custom_mapping={
         aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flop})
     with mode, torch.no_grad(), sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-        x = torch.empty(1, config.in_channels, config.input_size, config.input_size)
-        t = torch.empty(1)
-        y = torch.zeros(1, dtype=torch.long)
+        x, t, cond = net.dummy_inputs(1)
         with counter:
-            net(x, t, y, gamma)
+            net(x, t, cond, gamma)
     counts = counter.get_flop_counts()["Global"]
     attention = sum(v for op, v in counts.items() if op in ATTENTION_OPS)
     if attention == 0:
@@ -86,7 +84,7 @@ def _count_tokens(config: DiTConfig, sparse_tokens: int) -> tuple[int, int]:
     return sum(counts.values()) - attention, attention
 
 
-def count_forward(config: DiTConfig, gamma: float) -> tuple[float, float]:
+def count_forward(config, gamma: float) -> tuple[float, float]:
     """GMACs of one network forward for one image at token sparsity gamma: (fvcore convention, full)."""
     if gamma > 0 and config.sparsity == "none":
         raise ValueError(f"a model with sparsity 'none' cannot run at gamma {gamma:g}")

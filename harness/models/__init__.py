@@ -6,10 +6,35 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from harness.models.adapters import CONVENTIONS, FlowModel
 from harness.models.checkpoint import load_checkpoint
 from harness.models.dit import DiTConfig, SparseDiT
+
+
+@dataclass(frozen=True)
+class Family:
+    """One kind of network: its frozen config dataclass and its module class (built as `network(config)`).
+
+    The network's forward is `net(x, t_native, cond_native, gamma, generators, ids)`, its config has `num_tokens`,
+    `sparsity`, `in_channels`, `input_size`, and `net.dummy_inputs(batch)` gives (x, t, cond) for FLOP counting.
+    """
+
+    config: type
+    network: type[nn.Module]
+
+
+# Network families by name; an ARCHS preset names its family under "family" (default "dit").
+FAMILIES: dict[str, Family] = {"dit": Family(DiTConfig, SparseDiT)}
+
+
+def family_of(config) -> Family:
+    """The family whose config class `config` is an instance of."""
+    for family in FAMILIES.values():
+        if type(config) is family.config:
+            return family
+    raise KeyError(f"no model family has config class {type(config).__name__}")
 
 _SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
 
@@ -42,20 +67,21 @@ class ModelSpec:
     vae: str | None = None
     overrides: dict = field(default_factory=dict)  # e.g. learn_sigma, num_classes, input_size, convention
 
-    def config(self) -> tuple[DiTConfig, str]:
-        """The DiTConfig and the convention name this spec describes."""
+    def config(self):
+        """The family's config (a frozen dataclass; DiTConfig for DiT/SiT) and the convention name."""
         if self.arch not in ARCHS:
             raise KeyError(f"unknown architecture {self.arch!r}; known: {', '.join(sorted(ARCHS))}")
         kwargs = {**ARCHS[self.arch], **self.overrides}
         convention = kwargs.pop("convention")
+        family = FAMILIES[kwargs.pop("family", "dit")]
         if convention not in CONVENTIONS:
             raise KeyError(f"unknown convention {convention!r}; known: {', '.join(CONVENTIONS)}")
         route = tuple(self.route) if self.route is not None else None
-        known = {f.name for f in fields(DiTConfig)}
+        known = {f.name for f in fields(family.config)}
         unknown = set(kwargs) - known
         if unknown:
             raise KeyError(f"unknown model option(s) {sorted(unknown)}")
-        return DiTConfig(**kwargs, sparsity=self.sparsity, route=route), convention
+        return family.config(**kwargs, sparsity=self.sparsity, route=route), convention
 
 
 def build_model(spec: ModelSpec, device: torch.device | str = "cpu", root: Path | None = None,
@@ -65,11 +91,12 @@ def build_model(spec: ModelSpec, device: torch.device | str = "cpu", root: Path 
     `meta=True` builds it on the meta device (no memory, no weights) for FLOP counting.
     """
     config, convention = spec.config()
+    network = family_of(config).network
     if meta:
         with torch.device("meta"):
-            net = SparseDiT(config)
+            net = network(config)
         return FlowModel(net, convention)
-    net = SparseDiT(config)
+    net = network(config)
     if spec.checkpoint:
         path = Path(spec.checkpoint)
         if root is not None and not path.is_absolute():
@@ -89,5 +116,5 @@ def randomize_weights(model: torch.nn.Module, std: float = 0.05, seed: int = 0) 
     return model
 
 
-__all__ = ["ARCHS", "CONVENTIONS", "DiTConfig", "FlowModel", "ModelSpec", "SparseDiT", "build_model",
-           "load_checkpoint", "randomize_weights"]
+__all__ = ["ARCHS", "CONVENTIONS", "FAMILIES", "DiTConfig", "Family", "FlowModel", "ModelSpec", "SparseDiT",
+           "build_model", "family_of", "load_checkpoint", "randomize_weights"]

@@ -1,18 +1,18 @@
 """Adapters that present every checkpoint in the harness convention: t in [0, 1], 0 = noise, velocity x - noise.
 
-The samplers and guidance see only `FlowModel.velocity`; a text-to-image model plugs in by providing the same three
-methods (`velocity`, `null_condition`, `random_condition`) over its own condition type.
+The samplers and guidance see only `FlowModel.velocity`, `null_condition` and `random_condition`. What a condition is
+(a class label, a prompt of a prompt set) is the job of a `Conditions` object; what the network's time axis and
+prediction are is the job of the convention. Any network whose forward is
+`net(x, t_native, cond_native, gamma, generators, ids)` and whose `config` has `in_channels` plugs in.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
-
-from harness.models.dit import SparseDiT
-
 
 def _dit_alphas_cumprod() -> torch.Tensor:
     """DiT's DDPM schedule: 1000 steps, linear betas 1e-4 .. 0.02 (float64)."""
@@ -20,20 +20,89 @@ def _dit_alphas_cumprod() -> torch.Tensor:
     return torch.cumprod(1.0 - betas, dim=0)
 
 
+class ClassConditions:
+    """Class labels as conditions: (B,) long tensors; the null class is index `num_classes`."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+
+    def null(self, cond: torch.Tensor) -> torch.Tensor:
+        """The unconditional input CFG's weak branch uses: the null class for every image."""
+        return torch.full_like(cond, self.num_classes)
+
+    def random(self, cond: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """ICG's independent condition: a real class drawn uniformly from each image's own generator."""
+        draws = [torch.randint(self.num_classes, (1,), generator=g) for g in generators]
+        return torch.cat(draws).to(cond.device)
+
+    def resolve(self, cond: torch.Tensor) -> torch.Tensor:
+        """What the network takes for `cond` (labels are passed through)."""
+        return cond
+
+
+class TextCondition(NamedTuple):
+    """What a text-conditioned network takes: token states (B, L, C) and their mask (B, L), True = a real token."""
+
+    states: torch.Tensor
+    mask: torch.Tensor
+
+
+class PromptConditions:
+    """The prompts of a prompt set as conditions: (B,) long prompt indices into encoded states; -1 = the null caption.
+
+    `states` (P, L, C) and `mask` (P, L) hold the text encoder's output for each prompt, encoded once per prompt set;
+    `null_states` (L, C) / `null_mask` (L,) are the null caption as the model was trained (empty prompt or zeros).
+    """
+
+    def __init__(self, states: torch.Tensor, mask: torch.Tensor, null_states: torch.Tensor, null_mask: torch.Tensor):
+        if len(states) < 2:
+            raise ValueError("a prompt set needs at least two prompts (ICG draws another prompt of the set)")
+        self.states = torch.cat([states, null_states[None]])  # index -1 is the null caption
+        self.mask = torch.cat([mask, null_mask[None]]).bool()
+
+    @property
+    def num_prompts(self) -> int:
+        return len(self.states) - 1
+
+    def null(self, cond: torch.Tensor) -> torch.Tensor:
+        """The null caption for every image."""
+        return torch.full_like(cond, -1)
+
+    def random(self, cond: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """ICG's independent condition: another prompt of the set, uniform over the others, from each image's generator."""
+        draws = torch.cat([torch.randint(self.num_prompts - 1, (1,), generator=g) for g in generators]).to(cond.device)
+        return draws + (draws >= cond).long()
+
+    def resolve(self, cond: torch.Tensor) -> TextCondition:
+        """Token states and mask of the prompts `cond` indexes (-1 = null caption)."""
+        index = cond.cpu() % len(self.states)
+        device = cond.device
+        return TextCondition(self.states[index].to(device), self.mask[index].to(device))
+
+    def to(self, device: torch.device | str) -> PromptConditions:
+        """Keep the encoded prompts on `device` (a prompt set is small next to a model)."""
+        self.states, self.mask = self.states.to(device), self.mask.to(device)
+        return self
+
+
 class FlowModel(nn.Module):
-    """A SparseDiT plus the conversion from its native time axis and prediction to the harness's flow velocity.
+    """A network plus the conversion from its native time axis and prediction to the harness's flow velocity.
 
     Conventions: `sit` (t: 0 = noise, predicts x - noise), `tread` (t: 1 = noise, predicts noise - x, so
     v(t) = -net(1 - t)), `dit` (DDPM epsilon on integer steps 0..999, mapped onto the flow path by matching the
-    signal-to-noise ratio t / (1 - t) and rescaling x).
+    signal-to-noise ratio t / (1 - t) and rescaling x), `edm` (Karras et al.'s preconditioning with the network's
+    `config.sigma_data`: sigma = (1 - t) / t, x_edm = x_t / t, D = c_skip x_edm + c_out F(c_in x_edm, ln(sigma) / 4),
+    v = (D - x_t) / (1 - t)).
+    `conditions` says what a condition is (default: class labels of `net.config.num_classes`).
     """
 
-    def __init__(self, net: SparseDiT, convention: str = "sit"):
+    def __init__(self, net: nn.Module, convention: str = "sit", conditions=None):
         super().__init__()
         if convention not in CONVENTIONS:
             raise KeyError(f"unknown convention {convention!r}; known: {', '.join(CONVENTIONS)}")
         self.net = net
         self.convention = convention
+        self.conditions = conditions if conditions is not None else ClassConditions(net.config.num_classes)
         if convention == "dit":
             abar = _dit_alphas_cumprod()
             self.register_buffer("log_snr", torch.log(abar / (1 - abar)).float().flip(0), persistent=False)
@@ -47,13 +116,12 @@ class FlowModel(nn.Module):
         return self.net.config.num_classes
 
     def null_condition(self, cond: torch.Tensor) -> torch.Tensor:
-        """The unconditional input CFG's weak branch uses: the null class for every image."""
-        return torch.full_like(cond, self.num_classes)
+        """The unconditional input CFG's weak branch uses (null class, empty or zero caption)."""
+        return self.conditions.null(cond)
 
     def random_condition(self, cond: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
-        """ICG's independent condition: a real class drawn uniformly from each image's own generator."""
-        draws = [torch.randint(self.num_classes, (1,), generator=g) for g in generators]
-        return torch.cat(draws).to(cond.device)
+        """ICG's independent condition, drawn from each image's own generator."""
+        return self.conditions.random(cond, generators)
 
     def velocity(
         self,
@@ -62,9 +130,11 @@ class FlowModel(nn.Module):
         cond: torch.Tensor,
         gamma: float = 0.0,
         generators: Sequence[torch.Generator] | None = None,
+        ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Flow velocity (B, C, H, W) at harness time t (B,), condition `cond`, token sparsity gamma.
 
+        `ids` (B, N_keep), when given, fixes the kept tokens of a sparse forward instead of drawing them.
         The batch is padded to a multiple of BATCH_MULTIPLE rows: CPU BLAS kernels round a row differently when
         the row count is odd-sized, and padding makes image i's numbers independent of its batch's size.
         """
@@ -72,18 +142,37 @@ class FlowModel(nn.Module):
         pad = -batch % BATCH_MULTIPLE
         if pad:
             x, t, cond = (torch.cat([v, v[:1].expand(pad, *v.shape[1:])]) for v in (x, t, cond))
+            if ids is not None:
+                ids = torch.cat([ids, ids[:1].expand(pad, -1)])
             if generators is not None:
                 generators = [*generators, *(torch.Generator().manual_seed(0) for _ in range(pad))]
+        cond = self.conditions.resolve(cond)
         channels = self.net.config.in_channels
         if self.convention == "sit":
-            v = self.net(x, t, cond, gamma, generators)[:, :channels]
+            v = self.net(x, t, cond, gamma, generators, ids)[:, :channels]
         elif self.convention == "tread":
-            v = -self.net(x, 1.0 - t, cond, gamma, generators)[:, :channels]
+            v = -self.net(x, 1.0 - t, cond, gamma, generators, ids)[:, :channels]
+        elif self.convention == "edm":
+            v = self._edm_velocity(x, t, cond, gamma, generators, ids)
         else:
-            v = self._dit_velocity(x, t, cond, gamma, generators)
+            v = self._dit_velocity(x, t, cond, gamma, generators, ids)
         return v[:batch]
 
-    def _dit_velocity(self, x, t, cond, gamma, generators) -> torch.Tensor:
+    def _edm_velocity(self, x, t, cond, gamma, generators, ids) -> torch.Tensor:
+        # t = 1 / (1 + sigma) puts EDM's x_edm = x0 + sigma * noise on the flow path as x_t = t * x_edm.
+        sd = self.net.config.sigma_data
+        t64 = t.double().clamp(1e-6, 1 - 1e-6).view(-1, 1, 1, 1)
+        sigma = (1 - t64) / t64
+        x_edm = x.double() / t64
+        c_skip = sd**2 / (sigma**2 + sd**2)
+        c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
+        c_in = 1 / (sigma**2 + sd**2).sqrt()
+        c_noise = (sigma.log() / 4).flatten().to(x.dtype)
+        f = self.net((c_in * x_edm).to(x.dtype), c_noise, cond, gamma, generators, ids)
+        d = c_skip * x_edm + c_out * f[:, : self.net.config.in_channels].double()
+        return ((d - x.double()) / (1 - t64)).to(x.dtype)
+
+    def _dit_velocity(self, x, t, cond, gamma, generators, ids) -> torch.Tensor:
         # Flow state x_t = t*x0 + (1-t)*eps has SNR (t/(1-t))^2; the DDPM step with the same SNR sees
         # x_vp = x_t / sqrt(t^2 + (1-t)^2). Continuous step index by interpolating log-SNR (clamped to 0..999).
         t = t.double().clamp(1e-5, 1 - 1e-5)
@@ -97,11 +186,11 @@ class FlowModel(nn.Module):
         abar = torch.sigmoid(log_snr_used)
         scale = torch.rsqrt(t**2 + (1 - t) ** 2)
         x_vp = (x.double() * scale.view(-1, 1, 1, 1)).to(x.dtype)
-        eps = self.net(x_vp, step.to(x.dtype), cond, gamma, generators)[:, : self.net.config.in_channels].double()
+        eps = self.net(x_vp, step.to(x.dtype), cond, gamma, generators, ids)[:, : self.net.config.in_channels].double()
         a, s = abar.sqrt().view(-1, 1, 1, 1), (1 - abar).sqrt().view(-1, 1, 1, 1)
         x0 = (x_vp.double() - s * eps) / a
         return (x0 - eps).to(x.dtype)
 
 
-CONVENTIONS = ("sit", "tread", "dit")
+CONVENTIONS = ("sit", "tread", "dit", "edm")
 BATCH_MULTIPLE = 8

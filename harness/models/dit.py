@@ -280,6 +280,12 @@ class SparseDiT(nn.Module):
         if self.config.sparsity == "masking":
             nn.init.normal_(self.mask_token, std=0.02)
 
+    def dummy_inputs(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x, t, labels) of the right shapes, for FLOP counting on fake tensors."""
+        cfg = self.config
+        x = torch.empty(batch, cfg.in_channels, cfg.input_size, cfg.input_size)
+        return x, torch.empty(batch), torch.zeros(batch, dtype=torch.long)
+
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, p*p*C) -> (B, C, H, W)."""
         c, p = self.config.out_channels, self.config.patch_size
