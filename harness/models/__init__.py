@@ -11,6 +11,7 @@ from torch import nn
 from harness.models.adapters import CONVENTIONS, FlowModel
 from harness.models.checkpoint import load_checkpoint
 from harness.models.dit import DiTConfig, SparseDiT
+from harness.models.microdit import MICRODIT_ARCHS, MicroDiT, MicroDiTConfig
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Family:
 
 
 # Network families by name; an ARCHS preset names its family under "family" (default "dit").
-FAMILIES: dict[str, Family] = {"dit": Family(DiTConfig, SparseDiT)}
+FAMILIES: dict[str, Family] = {"dit": Family(DiTConfig, SparseDiT), "microdit": Family(MicroDiTConfig, MicroDiT)}
 
 
 def family_of(config) -> Family:
@@ -54,6 +55,7 @@ ARCHS["Testbed-S/4"] = dict(depth=6, hidden_size=128, num_heads=4, patch_size=4,
                             num_classes=10, learn_sigma=False, class_in_tokens=True, convention="sit",
                             decoder_hidden_size=96, decoder_depth=2, decoder_num_heads=4)
 ARCHS["Testbed-XS/4"] = dict(ARCHS["Testbed-S/4"], depth=4, hidden_size=96, num_heads=4)
+ARCHS.update(MICRODIT_ARCHS)  # MicroDiT-XL/2 (512 px, released checkpoints), MicroDiT-Tiny/2, MicroDiT-Test
 
 
 @dataclass

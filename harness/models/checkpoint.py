@@ -60,7 +60,8 @@ def describe_state_dict(state: dict[str, torch.Tensor]) -> str:
 
     names = [
         name for name, a in ARCHS.items()
-        if (a["depth"], a["hidden_size"], a["patch_size"], a["in_channels"]) == (depth, hidden, patch, in_ch)
+        if (a.get("depth"), a.get("hidden_size", a.get("dim")), a.get("patch_size"), a.get("in_channels"))
+        == (depth, hidden, patch, in_ch)
     ]
     guess = f"looks like {' / '.join(names)}" if names else "matches no registered architecture"
     return f"{guess} ({', '.join(parts)})"
