@@ -435,7 +435,8 @@ def _model_spec(key: str, table: ModelTable, root: Path, where: _Where) -> Model
     checkpoint = _resolve(table.checkpoint, root)
     spec = ModelSpec(arch=table.arch, checkpoint=str(checkpoint) if checkpoint else None, sparsity=table.sparsity,
                      route=tuple(table.route) if table.route else None, vae=table.vae, overrides=table.overrides())
-    depth = {**ARCHS[table.arch], **spec.overrides}["depth"]
+    preset = {**ARCHS[table.arch], **spec.overrides}
+    depth = preset.get("depth", preset.get("num_layers"))  # diffusers models name it num_layers
     if table.sparsity == "routing" and table.route is None:
         raise where.error(where_m, "route", "sparsity 'routing' needs a route [first, last] (0-based block indices)")
     if table.route is not None:

@@ -12,6 +12,7 @@ from harness.models.adapters import CONVENTIONS, FlowModel
 from harness.models.checkpoint import load_checkpoint
 from harness.models.dit import DiTConfig, SparseDiT
 from harness.models.microdit import MICRODIT_ARCHS, MicroDiT, MicroDiTConfig
+from harness.models.pixart import PIXART_ARCHS, PixArtConfig, PixArtNetwork
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,8 @@ class Family:
 
 
 # Network families by name; an ARCHS preset names its family under "family" (default "dit").
-FAMILIES: dict[str, Family] = {"dit": Family(DiTConfig, SparseDiT), "microdit": Family(MicroDiTConfig, MicroDiT)}
+FAMILIES: dict[str, Family] = {"dit": Family(DiTConfig, SparseDiT), "microdit": Family(MicroDiTConfig, MicroDiT),
+                               "pixart": Family(PixArtConfig, PixArtNetwork)}
 
 
 def family_of(config) -> Family:
@@ -56,6 +58,7 @@ ARCHS["Testbed-S/4"] = dict(depth=6, hidden_size=128, num_heads=4, patch_size=4,
                             decoder_hidden_size=96, decoder_depth=2, decoder_num_heads=4)
 ARCHS["Testbed-XS/4"] = dict(ARCHS["Testbed-S/4"], depth=4, hidden_size=96, num_heads=4)
 ARCHS.update(MICRODIT_ARCHS)  # MicroDiT-XL/2 (512 px, released checkpoints), MicroDiT-Tiny/2, MicroDiT-Test
+ARCHS.update(PIXART_ARCHS)  # PixArt-Sigma-XL/2-512, -1024 (diffusers' transformer, routed by hooks), PixArt-Test
 
 
 @dataclass
@@ -103,7 +106,7 @@ def build_model(spec: ModelSpec, device: torch.device | str = "cpu", root: Path 
         path = Path(spec.checkpoint)
         if root is not None and not path.is_absolute():
             path = root / path
-        load_checkpoint(net, path)
+        load_checkpoint(getattr(net, "weights_module", net), path)  # a wrapped diffusers model loads its own
     return FlowModel(net.to(device).eval(), convention)
 
 

@@ -102,7 +102,9 @@ class FlowModel(nn.Module):
             raise KeyError(f"unknown convention {convention!r}; known: {', '.join(CONVENTIONS)}")
         self.net = net
         self.convention = convention
-        self.conditions = conditions if conditions is not None else ClassConditions(net.config.num_classes)
+        if conditions is None and hasattr(net.config, "num_classes"):
+            conditions = ClassConditions(net.config.num_classes)
+        self.conditions = conditions  # text models: PromptConditions of the suite's encoded prompt set
         if convention == "dit":
             abar = _dit_alphas_cumprod()
             self.register_buffer("log_snr", torch.log(abar / (1 - abar)).float().flip(0), persistent=False)
