@@ -11,6 +11,7 @@ from torch import nn
 from harness.models.adapters import CONVENTIONS, FlowModel
 from harness.models.checkpoint import load_checkpoint
 from harness.models.dit import DiTConfig, SparseDiT
+from harness.models.maskdit import MaskDiT, MaskDiTConfig
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Family:
 
 
 # Network families by name; an ARCHS preset names its family under "family" (default "dit").
-FAMILIES: dict[str, Family] = {"dit": Family(DiTConfig, SparseDiT)}
+FAMILIES: dict[str, Family] = {"dit": Family(DiTConfig, SparseDiT), "maskdit": Family(MaskDiTConfig, MaskDiT)}
 
 
 def family_of(config) -> Family:
@@ -50,6 +51,13 @@ ARCHS: dict[str, dict] = {
     f"{family}-{size}/{patch}": _preset(family, size, patch)
     for family in ("DiT", "SiT") for size in _SIZES for patch in (2, 4, 8)
 }
+# MaskDiT (Anima-Lab/MaskDiT) with its hard-coded decoder (512 wide, 8 deep, 16 heads) at every size; its released
+# ImageNet-256 checkpoints are MaskDiT-XL/2 on SD-VAE latents with EDM preconditioning.
+ARCHS.update({
+    f"MaskDiT-{size}/2": dict(family="maskdit", convention="edm", depth=depth, hidden_size=hidden, num_heads=heads,
+                              patch_size=2, input_size=32, in_channels=4, num_classes=1000)
+    for size, (depth, hidden, heads) in _SIZES.items()
+})
 ARCHS["Testbed-S/4"] = dict(depth=6, hidden_size=128, num_heads=4, patch_size=4, input_size=32, in_channels=3,
                             num_classes=10, learn_sigma=False, class_in_tokens=True, convention="sit",
                             decoder_hidden_size=96, decoder_depth=2, decoder_num_heads=4)
@@ -116,5 +124,6 @@ def randomize_weights(model: torch.nn.Module, std: float = 0.05, seed: int = 0) 
     return model
 
 
-__all__ = ["ARCHS", "CONVENTIONS", "FAMILIES", "DiTConfig", "Family", "FlowModel", "ModelSpec", "SparseDiT",
+__all__ = ["ARCHS", "CONVENTIONS", "FAMILIES", "DiTConfig", "Family", "FlowModel", "MaskDiT", "MaskDiTConfig",
+           "ModelSpec", "SparseDiT",
            "build_model", "family_of", "load_checkpoint", "randomize_weights"]
