@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from harness.models.adapters import CONVENTIONS, FlowModel
+from harness.models.adapters import CONVENTIONS, DEFAULT_DROPPED, DROPPED, FlowModel
 from harness.models.checkpoint import load_checkpoint
 from harness.models.dit import DiTConfig, SparseDiT
 from harness.models.maskdit import MaskDiT, MaskDiTConfig
@@ -74,6 +74,7 @@ class ModelSpec:
     route: tuple[int, int] | None = None
     vae: str | None = None
     overrides: dict = field(default_factory=dict)  # e.g. learn_sigma, num_classes, input_size, convention
+    dropped: str = DEFAULT_DROPPED  # masking models: what a masked weak branch keeps at its dropped positions
 
     def config(self):
         """The family's config (a frozen dataclass; DiTConfig for DiT/SiT) and the convention name."""
@@ -103,14 +104,14 @@ def build_model(spec: ModelSpec, device: torch.device | str = "cpu", root: Path 
     if meta:
         with torch.device("meta"):
             net = network(config)
-        return FlowModel(net, convention)
+        return FlowModel(net, convention, dropped=spec.dropped)
     net = network(config)
     if spec.checkpoint:
         path = Path(spec.checkpoint)
         if root is not None and not path.is_absolute():
             path = root / path
         load_checkpoint(net, path)
-    return FlowModel(net.to(device).eval(), convention)
+    return FlowModel(net.to(device).eval(), convention, dropped=spec.dropped)
 
 
 def randomize_weights(model: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torch.nn.Module:
@@ -124,6 +125,6 @@ def randomize_weights(model: torch.nn.Module, std: float = 0.05, seed: int = 0) 
     return model
 
 
-__all__ = ["ARCHS", "CONVENTIONS", "FAMILIES", "DiTConfig", "Family", "FlowModel", "MaskDiT", "MaskDiTConfig",
+__all__ = ["ARCHS", "CONVENTIONS", "DEFAULT_DROPPED", "DROPPED", "FAMILIES", "DiTConfig", "Family", "FlowModel", "MaskDiT", "MaskDiTConfig",
            "ModelSpec", "SparseDiT",
            "build_model", "family_of", "load_checkpoint", "randomize_weights"]
