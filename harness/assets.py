@@ -3,8 +3,11 @@
 assets/manifest.toml names every asset with where it comes from (a URL or a Hugging Face hub id), its size and,
 where one is published, its sha256. `harness assets` says which are present and where each goes; `--fetch`
 downloads the missing ones: resumable (HTTP Range on a `.part` file beside the target), verified against the
-sha256 when the manifest has one, and moved into place only when complete. Before a suite does any work,
-require_assets checks everything it needs and stops with one message listing what is missing and how to get it.
+sha256 when the manifest has one, and moved into place only when complete.
+
+This module knows the manifest and nothing of the components that read assets: each component says what it needs
+as a `Need` (harness.models.vae.vae_need, harness.metrics.features.inception_need, file_need for plain files), and
+harness.preflight gathers a suite's needs before it runs and stops with one message (raise_missing).
 
 Locations: an asset's `path` is relative to the assets folder (<root>/assets, or $HARNESS_ASSETS); the Inception
 weights go where torch-fidelity looks for them ($TORCH_HOME/hub/checkpoints, or $HARNESS_INCEPTION_WEIGHTS).
@@ -102,13 +105,9 @@ class Asset:
         return []
 
     def present(self, root: str | Path | None = None) -> bool:
-        """Whether every file of the asset is in place (a VAE also counts when the Hugging Face cache has it)."""
-        if self.kind == "vae":
-            from harness.models.vae import find_vae
-
-            return find_vae(self.name, root) is not None
+        """Whether every file of the asset is in place (a hub asset also counts when the Hugging Face cache has it)."""
         if self.hub:
-            return all(d.dest.is_file() for d in self.downloads(root))
+            return all(d.dest.is_file() for d in self.downloads(root)) or hub_cached(self.hub, self.files)
         return self.location(root).is_file()
 
     def partial(self, root: str | Path | None = None) -> int:
@@ -120,6 +119,15 @@ class Asset:
         if self.fetchable:
             return f"`harness assets --fetch {self.name}`"
         return self.note or "not downloadable: no URL in the manifest"
+
+
+def hub_cached(hub: str, files: Sequence[str]) -> bool:
+    """Whether the Hugging Face cache holds every one of a hub repository's `files` (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    return bool(files) and all(isinstance(try_to_load_from_cache(hub, f), str) for f in files)
 
 
 def _part(dest: Path) -> Path:
@@ -292,7 +300,8 @@ def _match(path: Path, assets: Iterable[Asset], kinds: Sequence[str], root: Path
     return next((a for a in candidates if Path(a.path).name == path.name), None)
 
 
-def _file_need(what: str, path: Path, assets: dict[str, Asset], kinds: Sequence[str], root: Path) -> Need | None:
+def file_need(what: str, path: Path, assets: dict[str, Asset], kinds: Sequence[str], root: Path) -> Need | None:
+    """The Need of one file a component reads (None when it is there), pointing at the asset that provides it."""
     if path.is_file():
         return None
     asset = _match(path, assets.values(), kinds, root)
@@ -304,69 +313,8 @@ def _file_need(what: str, path: Path, assets: dict[str, Asset], kinds: Sequence[
     return Need(what, path, asset, asset.how_to_get())
 
 
-def missing_assets(runs: Sequence[Any], root: str | Path | None = None, generate: bool = True,
-                   evaluate: bool = True, manifest: str | Path = MANIFEST) -> list[Need]:
-    """What the runs need and lack: checkpoints and VAEs to generate; the reference batch and the Inception
-    weights to evaluate. `runs` are harness.suite.Run objects."""
-    root = Path(root or Path.cwd())
-    assets = load_manifest(manifest) if Path(manifest).is_file() else {}  # an installed package ships none
-    needs: dict[str, Need | None] = {}
-    if generate:
-        for run in runs:
-            for role, spec in run.models.items():
-                key = run.model_keys[role]
-                if spec.checkpoint and f"ckpt:{spec.checkpoint}" not in needs:
-                    needs[f"ckpt:{spec.checkpoint}"] = _file_need(
-                        f"checkpoint of [models.{key}] ({spec.arch})", Path(spec.checkpoint), assets,
-                        ("checkpoint",), root)
-                if spec.vae and f"vae:{spec.vae}" not in needs:
-                    needs[f"vae:{spec.vae}"] = _vae_need(spec.vae, assets, root)
-    if evaluate:
-        for run in runs:
-            if isinstance(run.reference, Path) and run.metrics and f"ref:{run.reference}" not in needs:
-                needs[f"ref:{run.reference}"] = _file_need("reference batch", run.reference, assets,
-                                                           ("reference", "samples"), root)
-        if any(_uses_inception(m) for run in runs for m in run.metrics):
-            needs["inception"] = _inception_need(assets, root)
-    return [n for n in needs.values() if n is not None]
-
-
-def _vae_need(name: str, assets: dict[str, Asset], root: Path) -> Need | None:
-    from harness.models.vae import INSTALL_HINT, find_vae, local_folder, missing_vae_message, require_diffusers
-
-    try:
-        require_diffusers()
-    except HarnessError:
-        return Need(f"VAE {name!r}: the diffusers package", None, None, INSTALL_HINT)
-    if find_vae(name, root) is not None:
-        return None
-    asset = assets.get(name)
-    hint = asset.how_to_get() if asset is not None and asset.kind == "vae" else missing_vae_message(name, root)
-    return Need(f"VAE {name!r} weights", local_folder(name, root), asset, hint)
-
-
-def _uses_inception(metric: str) -> bool:
-    from harness.metrics import get_metric
-
-    return get_metric(metric).extractor == "inception"
-
-
-def _inception_need(assets: dict[str, Asset], root: Path) -> Need | None:
-    from harness.metrics.features import WEIGHTS_ENV, default_weights_path
-
-    explicit = os.environ.get(WEIGHTS_ENV)
-    path = Path(explicit).expanduser() if explicit else default_weights_path()
-    if path.is_file():
-        return None
-    asset = next((a for a in assets.values() if a.kind == "inception"), None)
-    hint = asset.how_to_get() if asset is not None else "fetch torch-fidelity's Inception weights"
-    return Need("Inception weights (torch-fidelity)", path, asset, hint)
-
-
-def require_assets(runs: Sequence[Any], root: str | Path | None = None, generate: bool = True,
-                   evaluate: bool = True, manifest: str | Path = MANIFEST) -> None:
-    """Stop before any work with one HarnessError listing every missing asset of `runs` and how to get it."""
-    needs = missing_assets(runs, root, generate, evaluate, manifest)
+def raise_missing(needs: Sequence[Need]) -> None:
+    """Stop with one HarnessError listing every missing need and the fetch command for those that have one."""
     if not needs:
         return
     fetchable = [n.asset.name for n in needs if n.asset is not None and n.asset.fetchable]
@@ -445,4 +393,4 @@ def main_assets(args: argparse.Namespace) -> int:
 
 
 __all__ = ["ASSETS_ENV", "Asset", "Download", "MANIFEST", "Need", "add_assets_parser", "assets_dir", "download",
-           "fetch", "load_manifest", "main_assets", "missing_assets", "require_assets", "status_rows"]
+           "fetch", "file_need", "hub_cached", "load_manifest", "main_assets", "raise_missing", "status_rows"]

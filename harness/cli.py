@@ -150,7 +150,7 @@ def evaluate_runs(suite, runs, runs_root: Path, device: str | None, dry=None) ->
         raise HarnessError(f"run(s) {', '.join(missing)} have no samples under {runs_root / suite.name}; "
                            "run `harness generate` first")
     if dry is None:
-        from harness.assets import require_assets
+        from harness.preflight import require_assets
 
         require_assets(runs, suite.root, generate=False, evaluate=True)
     else:
@@ -181,7 +181,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     suite, runs, dry = _load(args)
     reports = Path(args.reports) if args.reports else suite.root / "reports"
     if dry is None:
-        from harness.assets import require_assets
+        from harness.preflight import require_assets
 
         require_assets(runs, suite.root, generate=True, evaluate=bool(suite.metrics))
     elif distributed.is_main():

@@ -339,7 +339,7 @@ class RunResult:
 
 def _preflight(runs: Sequence[Run], runs_root: Path, fresh: bool, root: Path | None = None,
                dry_run: bool = False) -> dict[str, str]:
-    """Check every selected run before any work: checkpoints and VAEs present (harness.assets; a dry run needs only
+    """Check every selected run before any work: checkpoints and VAEs present (harness.preflight; a dry run needs only
     diffusers for its random VAE), configs unchanged."""
     if dry_run:
         if any(spec.vae for run in runs for spec in run.models.values()):
@@ -347,7 +347,7 @@ def _preflight(runs: Sequence[Run], runs_root: Path, fresh: bool, root: Path | N
 
             require_diffusers()
     else:
-        from harness.assets import require_assets
+        from harness.preflight import require_assets
 
         require_assets(runs, root, generate=True, evaluate=False)
     return {run.run_id: "new" if fresh else check_manifest(run, run_dir_of(runs_root, run)) for run in runs}

@@ -15,29 +15,45 @@ import torch
 
 from harness.guidance import GuidanceSpec, combine
 from harness.models.adapters import FlowModel
+from harness.models.dit import dropped_pixels, num_sparse, select_tokens
 
-SAMPLERS = ("euler", "heun", "euler_maruyama")
+SAMPLERS = ("euler", "heun", "euler_maruyama", "edm_heun")
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """Sampler kind and steps; `shift` > 1 spends more steps near noise (SD3's shift); SDE settings as SiT's."""
+    """Sampler kind and steps; `shift` > 1 spends more steps near noise (SD3's shift); SDE settings as SiT's;
+    `edm_heun`'s Karras schedule from sigma_max to sigma_min with exponent rho (EDM's defaults)."""
 
     kind: str = "euler"
     steps: int = 40
     shift: float = 1.0
     last_step: float = 0.04  # euler_maruyama: final deterministic mean step, as SiT's `--last-step-size`
     diffusion_norm: float = 1.0  # euler_maruyama: w(t) = norm * (1 - t), SiT's `sigma` diffusion form
+    sigma_min: float = 0.002  # edm_heun
+    sigma_max: float = 80.0
+    rho: float = 7.0
 
     def __post_init__(self) -> None:
         if self.kind not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.kind!r}; known: {', '.join(SAMPLERS)}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min:g}, {self.sigma_max:g}")
+
+    def sigmas(self) -> torch.Tensor:
+        """edm_heun's noise levels (float64): steps of Karras et al.'s schedule (Eq. 5), sigma_max down to
+        sigma_min, then 0."""
+        ramp = torch.arange(self.steps, dtype=torch.float64) / max(self.steps - 1, 1)
+        lo, hi = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
+        return torch.cat([(hi + ramp * (lo - hi)) ** self.rho, torch.zeros(1, dtype=torch.float64)])
 
     def time_grid(self) -> torch.Tensor:
-        """Increasing times (float64): steps + 1 from 0 to 1 for the ODEs; for the SDE, steps from 0 to
-        1 - last_step (its final mean step ends at 1)."""
+        """Increasing times (float64): steps + 1 from 0 to 1 for the ODEs (for edm_heun t = 1 / (1 + sigma) of its
+        sigmas, ending at 1); for the SDE, steps from 0 to 1 - last_step (its final mean step ends at 1)."""
+        if self.kind == "edm_heun":
+            return 1.0 / (1.0 + self.sigmas())
         if self.kind == "euler_maruyama":
             return torch.linspace(0.0, 1.0 - self.last_step, self.steps, dtype=torch.float64)
         sigma = torch.linspace(1.0, 0.0, self.steps + 1, dtype=torch.float64)
@@ -50,6 +66,9 @@ class SamplerSpec:
         denom = max(self.steps - 1, 1)
         if self.kind == "heun":
             return [(t, k / denom) for k in range(self.steps) for t in (grid[k], grid[k + 1])]
+        if self.kind == "edm_heun":  # EDM's last step (to sigma = 0) is a plain Euler step: 2 * steps - 1 calls
+            return [(t, k / denom) for k in range(self.steps)
+                    for t in ((grid[k], grid[k + 1]) if k + 1 < self.steps else (grid[k],))]
         return [(grid[k], k / denom) for k in range(self.steps)]
 
     @property
@@ -78,6 +97,9 @@ class GuidedDenoiser:
 
     Branches with the same model and the same number of sparse tokens (CFG, ICG) share one batched forward; each
     image's generator is still consumed in the same order (condition, strong selection, weak selection).
+    A masked weak branch of a model whose `dropped` option is "strong" draws its kept tokens here (select_tokens, the
+    same draws the network would make), and its velocity at the dropped positions is replaced by the strong
+    branch's, so that guidance there is zero; with "decoder" the network's output is kept everywhere.
     """
 
     def __init__(self, models: Mapping[str, FlowModel], guidance: GuidanceSpec):
@@ -107,15 +129,25 @@ class GuidedDenoiser:
         if not rest:
             return model.velocity(x, tt, conds[0], g_s, generators)
         (weak, g_w) = rest[0]
-        n = model.config.num_tokens
-        if weak.model == strong.model and int(n * g_s) == int(n * g_w):
+        weak_model = self.models[weak.model]
+        n, n_weak = model.config.num_tokens, weak_model.config.num_tokens
+        keep_strong = (weak_model.dropped == "strong" and weak_model.config.sparsity == "masking"
+                       and num_sparse(n_weak, g_w) > 0)
+        if weak.model == strong.model and num_sparse(n, g_s) == num_sparse(n, g_w):
+            ids = None
+            if keep_strong:  # both selections drawn here, in the order the batched forward would draw them
+                ids = torch.cat([select_tokens(len(x), n, g, generators, x.device) for g in (g_s, g_w)])
             both = model.velocity(
-                torch.cat([x, x]), torch.cat([tt, tt]), torch.cat(conds), g_s, [*generators, *generators]
+                torch.cat([x, x]), torch.cat([tt, tt]), torch.cat(conds), g_s, [*generators, *generators], ids
             )
             v_strong, v_weak = both.chunk(2)
+            weak_ids = ids[len(x):] if keep_strong else None
         else:
             v_strong = model.velocity(x, tt, conds[0], g_s, generators)
-            v_weak = self.models[weak.model].velocity(x, tt, conds[1], g_w, generators)
+            weak_ids = select_tokens(len(x), n_weak, g_w, generators, x.device) if keep_strong else None
+            v_weak = weak_model.velocity(x, tt, conds[1], g_w, generators, weak_ids)
+        if keep_strong:
+            v_weak = torch.where(dropped_pixels(weak_ids, n_weak, weak_model.config.patch_size), v_strong, v_weak)
         return combine(v_strong, v_weak, self.guidance.omega, self.guidance.cfg_channels)
 
 
@@ -130,7 +162,10 @@ def sample(
     generators: Sequence[torch.Generator],
     sampler: SamplerSpec,
 ) -> torch.Tensor:
-    """Integrate from t = 0 (noise) to t = 1 with Euler, Heun, or SiT's Euler-Maruyama SDE; returns x at t = 1."""
+    """Integrate from t = 0 (noise) to t = 1 with Euler, Heun, SiT's Euler-Maruyama SDE or EDM's Heun; returns x at
+    t = 1."""
+    if sampler.kind == "edm_heun":
+        return _edm_heun(denoise, noise, cond, generators, sampler)
     grid = sampler.time_grid().tolist()
     denom = max(sampler.steps - 1, 1)
     x = noise
@@ -155,6 +190,34 @@ def sample(
             v = 0.5 * (v + denoise(x_euler, t_next, k / denom, cond, generators))
         x = x + (t_next - t) * v
     return x
+
+
+def _edm_heun(denoise: Denoise, noise: torch.Tensor, cond: torch.Tensor, generators: Sequence[torch.Generator],
+              sampler: SamplerSpec) -> torch.Tensor:
+    """EDM's deterministic sampler (Karras et al. 2022, Alg. 1; MaskDiT's `edm_sampler` with S_churn = 0) in sigma space.
+
+    The state is x_edm = x + sigma * noise in float64, starting at sigma_max * noise; the denoiser D comes from the
+    harness velocity at t = 1 / (1 + sigma): D = x_t + (1 - t) v with x_t = t * x_edm. Heun's correction on every
+    step but the last, whose Euler step to sigma = 0 lands on D. Guidance on v is guidance on D (D is affine in v).
+    """
+    sigmas = sampler.sigmas().tolist()
+    denom = max(sampler.steps - 1, 1)
+
+    def slope(x_edm: torch.Tensor, sigma: float, progress: float) -> torch.Tensor:
+        t = 1.0 / (1.0 + sigma)
+        v = denoise((t * x_edm).to(noise.dtype), t, progress, cond, generators).double()
+        denoised = t * x_edm + (1.0 - t) * v
+        return (x_edm - denoised) / sigma
+
+    x = noise.double() * sigmas[0]
+    for k in range(sampler.steps):
+        sigma, sigma_next = sigmas[k], sigmas[k + 1]
+        d = slope(x, sigma, k / denom)
+        x_next = x + (sigma_next - sigma) * d
+        if k + 1 < sampler.steps:
+            x_next = x + (sigma_next - sigma) * 0.5 * (d + slope(x_next, sigma_next, k / denom))
+        x = x_next
+    return x.to(noise.dtype)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness.errors import HarnessError
 from harness.guidance import METHODS, SPARSE_METHODS, GuidanceSpec, Schedule
 from harness.models import ARCHS, ModelSpec
-from harness.models.adapters import CONVENTIONS
+from harness.models.adapters import CONVENTIONS, DEFAULT_DROPPED, DROPPED
 from harness.sampling import SAMPLERS, SamplerSpec
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"  # suite and run names become directory names
@@ -37,6 +37,7 @@ NOT_HASHED = (("suite", "metrics"), ("suite", "reference"), ("run", "paper"))
 # Methods whose weak branch runs on the weak model, and those with a weak branch at all.
 _AG_METHODS = tuple(m for m, weak in METHODS.items() if weak is not None and weak[0] == "weak")
 _SAME_SPACE = ("input_size", "in_channels", "num_classes", "patch_size")  # AG's two models must agree on these
+_EDM_SAMPLER_FIELDS = ("sigma_min", "sigma_max", "rho")
 
 
 #################################################################################
@@ -68,6 +69,9 @@ class SamplerTable(_Table):
     shift: float = Field(1.0, gt=0)
     last_step: float = Field(0.04, gt=0, lt=1)
     diffusion_norm: float = Field(1.0, ge=0)
+    sigma_min: float = Field(0.002, gt=0)  # edm_heun's Karras schedule
+    sigma_max: float = Field(80.0, gt=0)
+    rho: float = Field(7.0, gt=0)
 
 
 class RunSamplerTable(_Table):
@@ -78,6 +82,9 @@ class RunSamplerTable(_Table):
     shift: float | None = Field(None, gt=0)
     last_step: float | None = Field(None, gt=0, lt=1)
     diffusion_norm: float | None = Field(None, ge=0)
+    sigma_min: float | None = Field(None, gt=0)
+    sigma_max: float | None = Field(None, gt=0)
+    rho: float | None = Field(None, gt=0)
 
 
 _Pos = Annotated[int, Field(ge=1)]
@@ -92,6 +99,7 @@ class ModelTable(_Table):
     route: Annotated[list[int], Field(min_length=2, max_length=2)] | None = None
     vae: str | None = None
     cfg_channels: Literal["all", 3] | None = None  # default for the runs on this model (DiT/SiT's quirk is 3)
+    dropped: Literal[DROPPED] | None = None  # masking: what a masked weak branch keeps where it dropped tokens
     convention: Literal[CONVENTIONS] | None = None
     input_size: _Pos | None = None
     patch_size: _Pos | None = None
@@ -118,7 +126,7 @@ class ModelTable(_Table):
 
     def overrides(self) -> dict[str, Any]:
         """The DiTConfig fields (and convention) this table sets over its architecture's preset."""
-        skip = {"arch", "checkpoint", "sparsity", "route", "vae", "cfg_channels"}
+        skip = {"arch", "checkpoint", "sparsity", "route", "vae", "cfg_channels", "dropped"}
         return {k: v for k, v in self.model_dump().items() if k not in skip and v is not None}
 
 
@@ -388,7 +396,10 @@ def load_suite(path: str | Path, root: str | Path | None = None, samples: int | 
     if samples is not None and samples < 1:
         raise HarnessError(f"--samples {samples}: must be >= 1")
     models = {key: _model_spec(key, table, root, where) for key, table in doc.models.items()}
-    sampler = SamplerSpec(**doc.sampler.model_dump())
+    try:
+        sampler = SamplerSpec(**doc.sampler.model_dump())
+    except ValueError as err:
+        raise where.error("[sampler]", None, str(err)) from None
     runs: list[Run] = []
     seen: dict[str, int] = {}
     for index, table in enumerate(doc.runs):
@@ -434,7 +445,11 @@ def _model_spec(key: str, table: ModelTable, root: Path, where: _Where) -> Model
     where_m = f"[models.{key}]"
     checkpoint = _resolve(table.checkpoint, root)
     spec = ModelSpec(arch=table.arch, checkpoint=str(checkpoint) if checkpoint else None, sparsity=table.sparsity,
-                     route=tuple(table.route) if table.route else None, vae=table.vae, overrides=table.overrides())
+                     route=tuple(table.route) if table.route else None, vae=table.vae, overrides=table.overrides(),
+                     dropped=table.dropped or DEFAULT_DROPPED)
+    if table.dropped is not None and table.sparsity != "masking":
+        raise where.error(where_m, "dropped", f"only a masking model drops tokens (this model has "
+                                              f"{table.sparsity!r})")
     preset = {**ARCHS[table.arch], **spec.overrides}
     depth = preset.get("depth", preset.get("num_layers"))  # diffusers models name it num_layers
     if table.sparsity == "routing" and table.route is None:
@@ -556,6 +571,12 @@ def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any]
                             cfg_channels=None if channels == "all" else int(channels))
     samples = samples_override or table.samples or doc.suite.samples
     sampler = {**doc.sampler.model_dump(), **(table.sampler.model_dump(exclude_none=True) if table.sampler else {})}
+    if sampler["kind"] != "edm_heun":  # its schedule does not apply: leave it out of the config (and its hash)
+        sampler = {k: v for k, v in sampler.items() if k not in _EDM_SAMPLER_FIELDS}
+    try:
+        sampler_spec = SamplerSpec(**sampler)
+    except ValueError as err:
+        raise where.error(name, "sampler", str(err)) from None
     s = doc.suite
     seed = point.get("seed", s.seed)
     config = {
@@ -563,7 +584,9 @@ def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any]
                   "metrics": list(s.metrics), "reference": s.reference},
         "sampler": sampler,
         "models": {k: {"arch": t.arch, "checkpoint": t.checkpoint, "sparsity": t.sparsity, "route": t.route,
-                       "vae": t.vae, "overrides": t.overrides()} for k, t in model_tables.items()},
+                       "vae": t.vae, "overrides": t.overrides(),
+                       **({"dropped": models[k].dropped} if t.sparsity == "masking" else {})}
+                   for k, t in model_tables.items()},
         "run": {"id": run_id, "name": table.name, "method": method, "model": keys["main"],
                 "weak_model": keys.get("weak"), "omega": guidance.omega, "gamma_strong": _gamma_json(gamma_strong),
                 "gamma_weak": _gamma_json(guidance.gamma_weak), "interval": list(interval) if interval else None,
@@ -572,6 +595,6 @@ def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any]
     }
     return Run(suite=s.name, run_id=run_id, name=table.name, method=method,
                models={role: models[k] for role, k in keys.items()}, model_keys=keys, guidance=guidance,
-               sampler=SamplerSpec(**sampler), samples=samples, batch_size=s.batch_size,
+               sampler=sampler_spec, samples=samples, batch_size=s.batch_size,
                seed=seed, labels=s.labels, metrics=tuple(s.metrics), reference=_resolve_reference(s.reference, root),
                paper=tuple(table.paper or []), config=config, config_hash=config_hash(config))

@@ -4,6 +4,8 @@ that stops a suite whose assets are missing before it writes anything."""
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 import http.server
 import threading
 from collections.abc import Iterator
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import assets
+from harness import assets, preflight
 from harness.models import vae as vae_module
 from harness.cli import main
 from harness.errors import HarnessError
@@ -173,7 +175,15 @@ def test_present_assets_pass_the_check(tmp_path, monkeypatch):
     vae.mkdir()
     (vae / "config.json").write_text("{}")
     (vae / "diffusion_pytorch_model.safetensors").write_bytes(b"x")
-    assets.require_assets(suite.runs, tmp_path)
+    preflight.require_assets(suite.runs, tmp_path)
     (vae / "config.json").unlink()
-    needs = assets.missing_assets(suite.runs, tmp_path)
+    needs = preflight.missing_assets(suite.runs, tmp_path)
     assert [n.asset.name for n in needs] == ["sd-vae-ft-ema"]
+
+
+def test_asset_registry_imports_no_component():
+    """Components declare their needs (vae_need, inception_need); the registry depends on none of them."""
+    code = ("import sys, harness.assets; "
+            "print(sorted(m for m in sys.modules if m.startswith('harness.') and m != 'harness.assets'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    assert out.strip() == "['harness.errors']"

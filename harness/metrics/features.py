@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
 
+from harness.assets import Asset, Need
 from harness.errors import HarnessError
 from harness.metrics.extractor import FeatureExtractor, no_tf32
 
@@ -22,6 +23,18 @@ SPATIAL_CHANNELS = 7  # ADM keeps mixed_6/conv[..., :7]: 17 * 17 * 7 = 2023 dims
 def default_weights_path() -> Path:
     """Where torch-fidelity's torch.hub download puts the Inception weights ($TORCH_HOME/hub/checkpoints)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / URL_INCEPTION_V3.rsplit("/", 1)[-1]
+
+
+def inception_need(assets: dict[str, Asset], root: Path) -> Need | None:
+    """What evaluating with Inception features needs and lacks: the weights ($HARNESS_INCEPTION_WEIGHTS or
+    torch-fidelity's cache), pointing at the manifest's `inception` asset; None when they are there."""
+    explicit = os.environ.get(WEIGHTS_ENV)
+    path = Path(explicit).expanduser() if explicit else default_weights_path()
+    if path.is_file():
+        return None
+    asset = next((a for a in assets.values() if a.kind == "inception"), None)
+    hint = asset.how_to_get() if asset is not None else f"fetch {URL_INCEPTION_V3}"
+    return Need("Inception weights (torch-fidelity)", path, asset, hint)
 
 
 def resolve_inception_weights(path: str | os.PathLike | None = None) -> Path:

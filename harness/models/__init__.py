@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from harness.models.adapters import CONVENTIONS, FlowModel
+from harness.models.adapters import CONVENTIONS, DEFAULT_DROPPED, DROPPED, FlowModel
 from harness.models.checkpoint import load_checkpoint
 from harness.models.dit import DiTConfig, SparseDiT
+from harness.models.maskdit import MaskDiT, MaskDiTConfig
 from harness.models.microdit import MICRODIT_ARCHS, MicroDiT, MicroDiTConfig
 from harness.models.pixart import PIXART_ARCHS, PixArtConfig, PixArtNetwork
 
@@ -28,7 +29,8 @@ class Family:
 
 
 # Network families by name; an ARCHS preset names its family under "family" (default "dit").
-FAMILIES: dict[str, Family] = {"dit": Family(DiTConfig, SparseDiT), "microdit": Family(MicroDiTConfig, MicroDiT),
+FAMILIES: dict[str, Family] = {"dit": Family(DiTConfig, SparseDiT), "maskdit": Family(MaskDiTConfig, MaskDiT),
+                               "microdit": Family(MicroDiTConfig, MicroDiT),
                                "pixart": Family(PixArtConfig, PixArtNetwork)}
 
 
@@ -53,6 +55,13 @@ ARCHS: dict[str, dict] = {
     f"{family}-{size}/{patch}": _preset(family, size, patch)
     for family in ("DiT", "SiT") for size in _SIZES for patch in (2, 4, 8)
 }
+# MaskDiT (Anima-Lab/MaskDiT) with its hard-coded decoder (512 wide, 8 deep, 16 heads) at every size; its released
+# ImageNet-256 checkpoints are MaskDiT-XL/2 on SD-VAE latents with EDM preconditioning.
+ARCHS.update({
+    f"MaskDiT-{size}/2": dict(family="maskdit", convention="edm", depth=depth, hidden_size=hidden, num_heads=heads,
+                              patch_size=2, input_size=32, in_channels=4, num_classes=1000)
+    for size, (depth, hidden, heads) in _SIZES.items()
+})
 ARCHS["Testbed-S/4"] = dict(depth=6, hidden_size=128, num_heads=4, patch_size=4, input_size=32, in_channels=3,
                             num_classes=10, learn_sigma=False, class_in_tokens=True, convention="sit",
                             decoder_hidden_size=96, decoder_depth=2, decoder_num_heads=4)
@@ -71,6 +80,7 @@ class ModelSpec:
     route: tuple[int, int] | None = None
     vae: str | None = None
     overrides: dict = field(default_factory=dict)  # e.g. learn_sigma, num_classes, input_size, convention
+    dropped: str = DEFAULT_DROPPED  # masking models: what a masked weak branch keeps at its dropped positions
 
     def config(self):
         """The family's config (a frozen dataclass; DiTConfig for DiT/SiT) and the convention name."""
@@ -100,14 +110,14 @@ def build_model(spec: ModelSpec, device: torch.device | str = "cpu", root: Path 
     if meta:
         with torch.device("meta"):
             net = network(config)
-        return FlowModel(net, convention)
+        return FlowModel(net, convention, dropped=spec.dropped)
     net = network(config)
     if spec.checkpoint:
         path = Path(spec.checkpoint)
         if root is not None and not path.is_absolute():
             path = root / path
         load_checkpoint(getattr(net, "weights_module", net), path)  # a wrapped diffusers model loads its own
-    return FlowModel(net.to(device).eval(), convention)
+    return FlowModel(net.to(device).eval(), convention, dropped=spec.dropped)
 
 
 def randomize_weights(model: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torch.nn.Module:
@@ -121,5 +131,6 @@ def randomize_weights(model: torch.nn.Module, std: float = 0.05, seed: int = 0) 
     return model
 
 
-__all__ = ["ARCHS", "CONVENTIONS", "FAMILIES", "DiTConfig", "Family", "FlowModel", "ModelSpec", "SparseDiT",
+__all__ = ["ARCHS", "CONVENTIONS", "DEFAULT_DROPPED", "DROPPED", "FAMILIES", "DiTConfig", "Family", "FlowModel", "MaskDiT", "MaskDiTConfig",
+           "ModelSpec", "SparseDiT",
            "build_model", "family_of", "load_checkpoint", "randomize_weights"]

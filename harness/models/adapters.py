@@ -14,6 +14,14 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+# What a masked weak branch of a guided denoiser keeps at the positions it dropped: the network's own output there
+# ("decoder": the mask token's reconstruction, trained on other targets than the kept tokens) or the strong branch's
+# prediction ("strong": guidance acts on the weak branch's kept tokens only). Default: what measured better on the
+# testbed's masking twin (README, "Masked branches").
+DROPPED = ("decoder", "strong")
+DEFAULT_DROPPED = "strong"
+
+
 def _dit_alphas_cumprod() -> torch.Tensor:
     """DiT's DDPM schedule: 1000 steps, linear betas 1e-4 .. 0.02 (float64)."""
     betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
@@ -93,15 +101,19 @@ class FlowModel(nn.Module):
     signal-to-noise ratio t / (1 - t) and rescaling x), `edm` (Karras et al.'s preconditioning with the network's
     `config.sigma_data`: sigma = (1 - t) / t, x_edm = x_t / t, D = c_skip x_edm + c_out F(c_in x_edm, ln(sigma) / 4),
     v = (D - x_t) / (1 - t)).
-    `conditions` says what a condition is (default: class labels of `net.config.num_classes`).
+    `conditions` says what a condition is (default: class labels of `net.config.num_classes`). `dropped` says what
+    a masked guidance branch keeps at the positions it dropped (DROPPED; applied by harness.sampling.GuidedDenoiser).
     """
 
-    def __init__(self, net: nn.Module, convention: str = "sit", conditions=None):
+    def __init__(self, net: nn.Module, convention: str = "sit", conditions=None, dropped: str = DEFAULT_DROPPED):
         super().__init__()
         if convention not in CONVENTIONS:
             raise KeyError(f"unknown convention {convention!r}; known: {', '.join(CONVENTIONS)}")
+        if dropped not in DROPPED:
+            raise KeyError(f"unknown dropped-position treatment {dropped!r}; known: {', '.join(DROPPED)}")
         self.net = net
         self.convention = convention
+        self.dropped = dropped
         if conditions is None and hasattr(net.config, "num_classes"):
             conditions = ClassConditions(net.config.num_classes)
         self.conditions = conditions  # text models: PromptConditions of the suite's encoded prompt set

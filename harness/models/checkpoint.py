@@ -1,7 +1,8 @@
-"""Load DiT/SiT/TREAD-layout state dicts safely, and explain a file that does not fit the model."""
+"""Load DiT/SiT/TREAD/MaskDiT-layout state dicts safely, and explain a file that does not fit the model."""
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
@@ -11,12 +12,18 @@ from torch import nn
 from harness.errors import HarnessError
 
 _WRAPPERS = ("ema", "model", "state_dict", "module")
+# Key prefixes that training wrappers add: torch.compile, DistributedDataParallel, MaskDiT's EDMPrecond (`model.`).
+_PREFIXES = ("_orig_mod.", "module.", "model.")
+# Plain classes published checkpoints pickle beside their tensors, allowed in the weights-only unpickler (no code
+# runs): MaskDiT's training scripts save their argparse.Namespace under `args`.
+SAFE_GLOBALS = [argparse.Namespace]
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a `.safetensors` or `.pt` file, unwrapped from `ema` / `model` keys (EMA preferred).
 
-    `.pt` files are read with `weights_only=True`: a checkpoint can never run code.
+    `.pt` files are read with `weights_only=True` (allowing only SAFE_GLOBALS besides tensors): a checkpoint can
+    never run code.
     """
     path = Path(path)
     if not path.is_file():
@@ -27,7 +34,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(SAFE_GLOBALS):
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt archive, pickle with code, truncated file, ...
         raise HarnessError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
     for key in _WRAPPERS:
@@ -35,7 +43,15 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise HarnessError(f"{path}: not a state dict of tensors (top-level keys: {list(state)[:8]})")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return dict(state)
+
+
+def strip_prefixes(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    """`state` without the wrapper prefixes (_PREFIXES) that every one of its keys carries and the model's lack."""
+    for prefix in _PREFIXES:
+        if state and all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in expected):
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
+    return state
 
 
 def describe_state_dict(state: dict[str, torch.Tensor]) -> str:
@@ -49,19 +65,24 @@ def describe_state_dict(state: dict[str, torch.Tensor]) -> str:
     if "pos_embed" in state:
         side = int(state["pos_embed"].shape[1] ** 0.5) * patch
         parts.append(f"input {side}x{side}")
+    maskdit = "decoder_layer.linear.weight" in state
     if "y_embedder.embedding_table.weight" in state:
-        parts.append(f"{state['y_embedder.embedding_table.weight'].shape[0] - 1} classes + null")
+        table = state["y_embedder.embedding_table.weight"].shape
+        parts.append(f"{table[1]} classes, one-hot" if maskdit else f"{table[0] - 1} classes + null")
     if "final_layer.linear.weight" in state:
         out = state["final_layer.linear.weight"].shape[0] // (patch * patch)
         parts.append("learned sigma" if out == 2 * in_ch else "no learned sigma")
-    if any(k.startswith("decoder_blocks.") for k in state):
-        parts.append("MaskDiT decoder")
+    if maskdit:
+        parts.append("MaskDiT layout (decoder_layer)")
+    elif any(k.startswith("decoder_blocks.") for k in state):
+        parts.append("masking decoder")
     from harness.models import ARCHS  # late import: the registry imports this module
 
     names = [
         name for name, a in ARCHS.items()
         if (a.get("depth"), a.get("hidden_size", a.get("dim")), a.get("patch_size"), a.get("in_channels"))
         == (depth, hidden, patch, in_ch)
+        and (a.get("family") == "maskdit") == maskdit
     ]
     guess = f"looks like {' / '.join(names)}" if names else "matches no registered architecture"
     return f"{guess} ({', '.join(parts)})"
@@ -69,8 +90,8 @@ def describe_state_dict(state: dict[str, torch.Tensor]) -> str:
 
 def load_checkpoint(model: nn.Module, path: Path) -> None:
     """Load `path` into `model` strictly; on any mismatch raise one error naming every offending key."""
-    state = read_state_dict(path)
     expected = model.state_dict()
+    state = strip_prefixes(read_state_dict(path), set(expected))
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     misshaped = [

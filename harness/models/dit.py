@@ -174,6 +174,15 @@ def select_tokens(
     return noise.argsort(dim=1)[:, :keep]
 
 
+def dropped_pixels(ids: torch.Tensor, num_tokens: int, patch_size: int) -> torch.Tensor:
+    """(B, 1, H, W) bool, True on the pixels of the tokens that `ids` (B, N_keep) does not keep (square grid)."""
+    B = ids.shape[0]
+    side = math.isqrt(num_tokens)
+    kept = torch.zeros(B, num_tokens, dtype=torch.bool, device=ids.device).scatter(1, ids, True)
+    dropped = ~kept.view(B, 1, side, 1, side, 1)
+    return dropped.expand(B, 1, side, patch_size, side, patch_size).reshape(B, 1, side * patch_size, side * patch_size)
+
+
 def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 

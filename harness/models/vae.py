@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from harness.assets import Asset, Need, assets_dir, hub_cached
 from harness.errors import HarnessError
 
 LATENT_SCALE = 0.18215  # SD-VAE's scaling_factor: latents the models see = VAE latents * 0.18215
@@ -52,8 +53,6 @@ def require_diffusers() -> Any:
 def local_folder(name: str, root: str | Path | None = None) -> Path:
     """Where a VAE's weights live on disk: <assets>/<name> for a known name, else `name` as a folder path."""
     if name in VAES:
-        from harness.assets import assets_dir  # late import: assets imports this module for its checks
-
         return assets_dir(root) / name
     path = Path(name).expanduser()
     return path if path.is_absolute() else Path(root or Path.cwd()) / path
@@ -65,12 +64,7 @@ def _is_weights_folder(folder: Path) -> bool:
 
 def _hub_cached(hub_id: str) -> bool:
     """Whether the Hugging Face cache holds the hub id's config and weights (no network)."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return False
-    found = [try_to_load_from_cache(hub_id, f) for f in ("config.json", *WEIGHT_FILES)]
-    return isinstance(found[0], str) and any(isinstance(f, str) for f in found[1:])
+    return any(hub_cached(hub_id, ("config.json", weights)) for weights in WEIGHT_FILES)
 
 
 def find_vae(name: str, root: str | Path | None = None) -> str | None:
@@ -91,6 +85,19 @@ def missing_vae_message(name: str, root: str | Path | None = None) -> str:
                 f"run `harness assets --fetch {name}` (writes {folder})")
     return (f"VAE {name!r}: {folder} is not a diffusers AutoencoderKL folder (config.json and "
             f"{' or '.join(WEIGHT_FILES)}); known names: {', '.join(VAES)}")
+
+
+def vae_need(name: str, assets: dict[str, Asset], root: Path) -> Need | None:
+    """What decoding with VAE `name` needs and lacks (diffusers, then the weights); None when nothing is missing."""
+    try:
+        require_diffusers()
+    except HarnessError:
+        return Need(f"VAE {name!r}: the diffusers package", None, None, INSTALL_HINT)
+    if find_vae(name, root) is not None:
+        return None
+    asset = assets.get(name)
+    hint = asset.how_to_get() if asset is not None and asset.kind == "vae" else missing_vae_message(name, root)
+    return Need(f"VAE {name!r} weights", local_folder(name, root), asset, hint)
 
 
 def build_vae(name: str, device: torch.device | str = "cpu", random_init: bool = False,
@@ -138,4 +145,4 @@ def load_vae(name: str, device: torch.device | str = "cpu", random_init: bool = 
 
 
 __all__ = ["DECODE_BATCH", "LATENT_SCALE", "SD_VAE_CONFIG", "SMALL_VAE_CONFIG", "VAES", "build_vae", "find_vae",
-           "load_vae", "make_decoder", "missing_vae_message", "require_diffusers"]
+           "load_vae", "make_decoder", "missing_vae_message", "require_diffusers", "vae_need"]

@@ -1,0 +1,53 @@
+"""Before a suite does any work: gather what its runs need (checkpoints, VAEs, reference batch, Inception weights)
+from the components that read them, and stop with one message listing everything missing and how to get it.
+
+The asset registry (harness.assets) knows the manifest only; each component declares its own need (vae_need,
+inception_need, file_need for plain files). This module is where a suite's runs meet those declarations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from harness.assets import MANIFEST, Need, file_need, load_manifest, raise_missing
+from harness.metrics import get_metric
+from harness.metrics.features import inception_need
+from harness.models.vae import vae_need
+
+
+def missing_assets(runs: Sequence[Any], root: str | Path | None = None, generate: bool = True,
+                   evaluate: bool = True, manifest: str | Path = MANIFEST) -> list[Need]:
+    """What the runs need and lack: checkpoints and VAEs to generate; the reference batch and the Inception
+    weights to evaluate. `runs` are harness.suite.Run objects."""
+    root = Path(root or Path.cwd())
+    assets = load_manifest(manifest) if Path(manifest).is_file() else {}  # an installed package ships none
+    needs: dict[str, Need | None] = {}
+    if generate:
+        for run in runs:
+            for role, spec in run.models.items():
+                key = run.model_keys[role]
+                if spec.checkpoint and f"ckpt:{spec.checkpoint}" not in needs:
+                    needs[f"ckpt:{spec.checkpoint}"] = file_need(
+                        f"checkpoint of [models.{key}] ({spec.arch})", Path(spec.checkpoint), assets,
+                        ("checkpoint",), root)
+                if spec.vae and f"vae:{spec.vae}" not in needs:
+                    needs[f"vae:{spec.vae}"] = vae_need(spec.vae, assets, root)
+    if evaluate:
+        for run in runs:
+            if isinstance(run.reference, Path) and run.metrics and f"ref:{run.reference}" not in needs:
+                needs[f"ref:{run.reference}"] = file_need("reference batch", run.reference, assets,
+                                                          ("reference", "samples"), root)
+        if any(get_metric(m).extractor == "inception" for run in runs for m in run.metrics):
+            needs["inception"] = inception_need(assets, root)
+    return [n for n in needs.values() if n is not None]
+
+
+def require_assets(runs: Sequence[Any], root: str | Path | None = None, generate: bool = True,
+                   evaluate: bool = True, manifest: str | Path = MANIFEST) -> None:
+    """Stop before any work with one HarnessError listing every missing asset of `runs` and how to get it."""
+    raise_missing(missing_assets(runs, root, generate, evaluate, manifest))
+
+
+__all__ = ["missing_assets", "require_assets"]
