@@ -14,6 +14,7 @@ from harness.models.dit import DiTConfig, SparseDiT
 from harness.models.maskdit import MaskDiT, MaskDiTConfig
 from harness.models.microdit import MICRODIT_ARCHS, MicroDiT, MicroDiTConfig
 from harness.models.pixart import PIXART_ARCHS, PixArtConfig, PixArtNetwork
+from harness.models import hub_text  # noqa: F401  registers the open-clip and T5 text encoders
 
 
 @dataclass(frozen=True)
