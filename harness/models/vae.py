@@ -9,6 +9,10 @@ Weights come from a local folder (`assets/<name>/` with config.json and the weig
 <name>` writes it, or any folder given as the name) or else from the Hugging Face cache of the hub id; nothing is
 downloaded here. diffusers is an optional extra (`pip install -e '.[vae]'`). Dry runs construct the VAE from
 SD-VAE's config with random weights instead (nothing read, nothing downloaded).
+
+The latent scale is per VAE (LATENT_SCALES, the `scaling_factor` of its config): 0.18215 for SD-VAE, 0.13025 for
+the SDXL VAE that MicroDiT and PixArt-Sigma use (no shift); decoding reads it from the loaded VAE's config, and a
+random-weight VAE built for a known name carries that name's scale.
 """
 
 from __future__ import annotations
@@ -25,7 +29,13 @@ from harness.errors import HarnessError
 LATENT_SCALE = 0.18215  # SD-VAE's scaling_factor: latents the models see = VAE latents * 0.18215
 DECODE_BATCH = 16  # latents decoded per VAE call: bounds the decoder's activation memory at 256 px
 # Harness VAE names -> Hugging Face hub ids (the names DiT/SiT's `--vae ema|mse` select).
-VAES = {"sd-vae-ft-ema": "stabilityai/sd-vae-ft-ema", "sd-vae-ft-mse": "stabilityai/sd-vae-ft-mse"}
+VAES = {"sd-vae-ft-ema": "stabilityai/sd-vae-ft-ema", "sd-vae-ft-mse": "stabilityai/sd-vae-ft-mse",
+        "sdxl-vae": "stabilityai/stable-diffusion-xl-base-1.0",  # MicroDiT's (subfolder vae)
+        "pixart-sigma-vae": "PixArt-alpha/pixart_sigma_sdxlvae_T5_diffusers"}  # PixArt-Sigma's SDXL VAE copy
+VAE_SUBFOLDERS = {"sdxl-vae": "vae", "pixart-sigma-vae": "vae"}  # where a hub id keeps its VAE
+# Latents the models see = VAE latents * scale (each VAE config's scaling_factor).
+LATENT_SCALES = {"sd-vae-ft-ema": LATENT_SCALE, "sd-vae-ft-mse": LATENT_SCALE, "sdxl-vae": 0.13025,
+                 "pixart-sigma-vae": 0.13025}
 # The architecture of stabilityai/sd-vae-ft-ema and -mse (their config.json; kl-f8: 4 latent channels, 8x).
 SD_VAE_CONFIG: dict[str, Any] = {
     "in_channels": 3, "out_channels": 3, "latent_channels": 4, "act_fn": "silu", "layers_per_block": 2,
@@ -62,9 +72,11 @@ def _is_weights_folder(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any((folder / f).is_file() for f in WEIGHT_FILES)
 
 
-def _hub_cached(hub_id: str) -> bool:
-    """Whether the Hugging Face cache holds the hub id's config and weights (no network)."""
-    return any(hub_cached(hub_id, ("config.json", weights)) for weights in WEIGHT_FILES)
+def _hub_cached(name: str) -> bool:
+    """Whether the Hugging Face cache holds VAE `name`'s config and weights (no network)."""
+    sub = VAE_SUBFOLDERS.get(name)
+    files = [f"{sub}/{f}" if sub else f for f in ("config.json", *WEIGHT_FILES)]
+    return any(hub_cached(VAES[name], (files[0], weights)) for weights in files[1:])
 
 
 def find_vae(name: str, root: str | Path | None = None) -> str | None:
@@ -72,7 +84,7 @@ def find_vae(name: str, root: str | Path | None = None) -> str | None:
     folder = local_folder(name, root)
     if _is_weights_folder(folder):
         return str(folder)
-    if name in VAES and _hub_cached(VAES[name]):
+    if name in VAES and _hub_cached(name):
         return VAES[name]
     return None
 
@@ -104,20 +116,25 @@ def build_vae(name: str, device: torch.device | str = "cpu", random_init: bool =
               config: Mapping[str, Any] | None = None, root: str | Path | None = None) -> torch.nn.Module:
     """The AutoencoderKL of `name` in eval mode on `device`, or with random_init one built from `config`.
 
-    `config` (default SD_VAE_CONFIG) is used only with random_init; its weights are PyTorch's default
-    initialisation drawn from a fixed seed, so every process builds the same VAE.
+    `config` (default SD_VAE_CONFIG) is used only with random_init, with the scale of `name` when it is a known
+    VAE; its weights are PyTorch's default initialisation drawn from a fixed seed, so every process builds the
+    same VAE.
     """
     autoencoder = require_diffusers()
     if random_init:
+        config = dict(config or SD_VAE_CONFIG)
+        if name in LATENT_SCALES:
+            config["scaling_factor"] = LATENT_SCALES[name]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            vae = autoencoder(**dict(config or SD_VAE_CONFIG))
+            vae = autoencoder(**config)
     else:
         source = find_vae(name, root)
         if source is None:
             raise HarnessError(missing_vae_message(name, root))
         try:
-            vae = autoencoder.from_pretrained(source, local_files_only=True)
+            subfolder = VAE_SUBFOLDERS.get(name) if source == VAES.get(name) else None
+            vae = autoencoder.from_pretrained(source, subfolder=subfolder, local_files_only=True)
         except (OSError, ValueError) as err:
             raise HarnessError(f"VAE {name!r}: cannot load {source} ({err}); fetch it again with "
                                f"`harness assets --fetch {name}`") from err
@@ -144,5 +161,5 @@ def load_vae(name: str, device: torch.device | str = "cpu", random_init: bool = 
     return make_decoder(build_vae(name, device, random_init, config, root), batch_size)
 
 
-__all__ = ["DECODE_BATCH", "LATENT_SCALE", "SD_VAE_CONFIG", "SMALL_VAE_CONFIG", "VAES", "build_vae", "find_vae",
+__all__ = ["DECODE_BATCH", "LATENT_SCALE", "LATENT_SCALES", "SD_VAE_CONFIG", "VAE_SUBFOLDERS", "SMALL_VAE_CONFIG", "VAES", "build_vae", "find_vae",
            "load_vae", "make_decoder", "missing_vae_message", "require_diffusers", "vae_need"]
