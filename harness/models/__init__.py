@@ -11,6 +11,7 @@ from torch import nn
 from harness.models.adapters import CONVENTIONS, FlowModel
 from harness.models.checkpoint import load_checkpoint
 from harness.models.dit import DiTConfig, SparseDiT
+from harness.models.textdit import TextDiT, TextDiTConfig
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Family:
 
 
 # Network families by name; an ARCHS preset names its family under "family" (default "dit").
-FAMILIES: dict[str, Family] = {"dit": Family(DiTConfig, SparseDiT)}
+FAMILIES: dict[str, Family] = {"dit": Family(DiTConfig, SparseDiT), "textdit": Family(TextDiTConfig, TextDiT)}
 
 
 def family_of(config) -> Family:
@@ -54,6 +55,11 @@ ARCHS["Testbed-S/4"] = dict(depth=6, hidden_size=128, num_heads=4, patch_size=4,
                             num_classes=10, learn_sigma=False, class_in_tokens=True, convention="sit",
                             decoder_hidden_size=96, decoder_depth=2, decoder_num_heads=4)
 ARCHS["Testbed-XS/4"] = dict(ARCHS["Testbed-S/4"], depth=4, hidden_size=96, num_heads=4)
+# The text-to-image testbed (harness/testbed/scenes.py) and a tiny text-conditioned net for tests.
+ARCHS["TextTestbed-S/4"] = dict(family="textdit", depth=6, hidden_size=128, num_heads=4, patch_size=4, input_size=32,
+                                in_channels=3, text_dim=64, text_len=12, convention="sit")
+ARCHS["TextDiT-Tiny"] = dict(family="textdit", depth=2, hidden_size=32, num_heads=2, patch_size=4, input_size=16,
+                             in_channels=3, text_dim=16, text_len=8, convention="sit")
 
 
 @dataclass
@@ -119,4 +125,4 @@ def randomize_weights(model: torch.nn.Module, std: float = 0.05, seed: int = 0) 
 
 
 __all__ = ["ARCHS", "CONVENTIONS", "FAMILIES", "DiTConfig", "Family", "FlowModel", "ModelSpec", "SparseDiT",
-           "build_model", "family_of", "load_checkpoint", "randomize_weights"]
+           "TextDiT", "TextDiTConfig", "build_model", "family_of", "load_checkpoint", "randomize_weights"]
