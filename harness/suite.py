@@ -592,7 +592,7 @@ def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any]
         main_cfg, _ = models[keys["main"]].config()
         weak_cfg, _ = models[keys["weak"]].config()
         for attr in _SAME_SPACE:
-            if getattr(main_cfg, attr) != getattr(weak_cfg, attr):
+            if getattr(main_cfg, attr, None) != getattr(weak_cfg, attr, None):
                 raise where.error(name, "weak_model", f"models {keys['main']!r} and {keys['weak']!r} differ in "
                                                       f"{attr} ({getattr(main_cfg, attr)} vs "
                                                       f"{getattr(weak_cfg, attr)}); AG needs the same data space")
