@@ -321,6 +321,8 @@ def missing_assets(runs: Sequence[Any], root: str | Path | None = None, generate
                         ("checkpoint",), root)
                 if spec.vae and f"vae:{spec.vae}" not in needs:
                     needs[f"vae:{spec.vae}"] = _vae_need(spec.vae, assets, root)
+            if getattr(run, "prompts", None) in assets_of_prompts() and f"prompts:{run.prompts}" not in needs:
+                needs[f"prompts:{run.prompts}"] = _prompts_need(assets_of_prompts()[run.prompts], assets, root)
     if evaluate:
         for run in runs:
             if isinstance(run.reference, Path) and run.metrics and f"ref:{run.reference}" not in needs:
@@ -329,6 +331,20 @@ def missing_assets(runs: Sequence[Any], root: str | Path | None = None, generate
         if any(_uses_inception(m) for run in runs for m in run.metrics):
             needs["inception"] = _inception_need(assets, root)
     return [n for n in needs.values() if n is not None]
+
+
+def assets_of_prompts() -> dict[str, str]:
+    """Built-in prompt sets whose files are an asset: prompt set name -> asset name."""
+    from harness.prompts.hpsv3 import ASSET
+
+    return {"hpsv3": ASSET}
+
+
+def _prompts_need(name: str, assets: dict[str, Asset], root: Path) -> Need | None:
+    asset = assets.get(name)
+    if asset is None or asset.present(root):
+        return None
+    return Need(f"prompt files of {asset.description.split(':')[0]}", asset.location(root), asset, asset.how_to_get())
 
 
 def _vae_need(name: str, assets: dict[str, Asset], root: Path) -> Need | None:
