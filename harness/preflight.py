@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.assets import MANIFEST, Need, file_need, load_manifest, raise_missing
+from harness.assets import MANIFEST, Asset, Need, file_need, load_manifest, raise_missing
 from harness.metrics import get_metric
 from harness.metrics.features import inception_need
 from harness.models.vae import vae_need
@@ -34,6 +34,8 @@ def missing_assets(runs: Sequence[Any], root: str | Path | None = None, generate
                         ("checkpoint",), root)
                 if spec.vae and f"vae:{spec.vae}" not in needs:
                     needs[f"vae:{spec.vae}"] = vae_need(spec.vae, assets, root)
+            if getattr(run, "prompts", None) in assets_of_prompts() and f"prompts:{run.prompts}" not in needs:
+                needs[f"prompts:{run.prompts}"] = _prompts_need(assets_of_prompts()[run.prompts], assets, root)
     if evaluate:
         for run in runs:
             if isinstance(run.reference, Path) and run.metrics and f"ref:{run.reference}" not in needs:
@@ -42,6 +44,20 @@ def missing_assets(runs: Sequence[Any], root: str | Path | None = None, generate
         if any(get_metric(m).extractor == "inception" for run in runs for m in run.metrics):
             needs["inception"] = inception_need(assets, root)
     return [n for n in needs.values() if n is not None]
+
+
+def assets_of_prompts() -> dict[str, str]:
+    """Built-in prompt sets whose files are an asset: prompt set name -> asset name."""
+    from harness.prompts.hpsv3 import ASSET
+
+    return {"hpsv3": ASSET}
+
+
+def _prompts_need(name: str, assets: dict[str, Asset], root: Path) -> Need | None:
+    asset = assets.get(name)
+    if asset is None or asset.present(root):
+        return None
+    return Need(f"prompt files of {asset.description.split(':')[0]}", asset.location(root), asset, asset.how_to_get())
 
 
 def require_assets(runs: Sequence[Any], root: str | Path | None = None, generate: bool = True,

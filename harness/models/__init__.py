@@ -14,6 +14,7 @@ from harness.models.dit import DiTConfig, SparseDiT
 from harness.models.maskdit import MaskDiT, MaskDiTConfig
 from harness.models.microdit import MICRODIT_ARCHS, MicroDiT, MicroDiTConfig
 from harness.models.pixart import PIXART_ARCHS, PixArtConfig, PixArtNetwork
+from harness.models.textdit import TextDiT, TextDiTConfig
 from harness.models import hub_text  # noqa: F401  registers the open-clip and T5 text encoders
 
 
@@ -31,7 +32,7 @@ class Family:
 
 # Network families by name; an ARCHS preset names its family under "family" (default "dit").
 FAMILIES: dict[str, Family] = {"dit": Family(DiTConfig, SparseDiT), "maskdit": Family(MaskDiTConfig, MaskDiT),
-                               "microdit": Family(MicroDiTConfig, MicroDiT),
+                               "textdit": Family(TextDiTConfig, TextDiT), "microdit": Family(MicroDiTConfig, MicroDiT),
                                "pixart": Family(PixArtConfig, PixArtNetwork)}
 
 
@@ -67,6 +68,11 @@ ARCHS["Testbed-S/4"] = dict(depth=6, hidden_size=128, num_heads=4, patch_size=4,
                             num_classes=10, learn_sigma=False, class_in_tokens=True, convention="sit",
                             decoder_hidden_size=96, decoder_depth=2, decoder_num_heads=4)
 ARCHS["Testbed-XS/4"] = dict(ARCHS["Testbed-S/4"], depth=4, hidden_size=96, num_heads=4)
+# The text-to-image testbed (harness/testbed/scenes.py) and a tiny text-conditioned net for tests.
+ARCHS["TextTestbed-S/4"] = dict(family="textdit", depth=6, hidden_size=128, num_heads=4, patch_size=4, input_size=32,
+                                in_channels=3, text_dim=64, text_len=12, convention="sit")
+ARCHS["TextDiT-Tiny"] = dict(family="textdit", depth=2, hidden_size=32, num_heads=2, patch_size=4, input_size=16,
+                             in_channels=3, text_dim=16, text_len=8, convention="sit")
 ARCHS.update(MICRODIT_ARCHS)  # MicroDiT-XL/2 (512 px, released checkpoints), MicroDiT-Tiny/2, MicroDiT-Test
 ARCHS.update(PIXART_ARCHS)  # PixArt-Sigma-XL/2-512, -1024 (diffusers' transformer, routed by hooks), PixArt-Test
 
@@ -82,6 +88,8 @@ class ModelSpec:
     vae: str | None = None
     overrides: dict = field(default_factory=dict)  # e.g. learn_sigma, num_classes, input_size, convention
     dropped: str = DEFAULT_DROPPED  # masking models: what a masked weak branch keeps at its dropped positions
+    text_encoder: str | None = None  # a TEXT_ENCODERS name, for text-conditioned networks
+    text_encoder_options: dict = field(default_factory=dict)
 
     def config(self):
         """The family's config (a frozen dataclass; DiTConfig for DiT/SiT) and the convention name."""
@@ -132,6 +140,6 @@ def randomize_weights(model: torch.nn.Module, std: float = 0.05, seed: int = 0) 
     return model
 
 
-__all__ = ["ARCHS", "CONVENTIONS", "DEFAULT_DROPPED", "DROPPED", "FAMILIES", "DiTConfig", "Family", "FlowModel", "MaskDiT", "MaskDiTConfig",
-           "ModelSpec", "SparseDiT",
-           "build_model", "family_of", "load_checkpoint", "randomize_weights"]
+__all__ = ["ARCHS", "CONVENTIONS", "DEFAULT_DROPPED", "DROPPED", "FAMILIES", "DiTConfig", "Family", "FlowModel",
+           "MaskDiT", "MaskDiTConfig", "ModelSpec", "SparseDiT", "TextDiT", "TextDiTConfig", "build_model",
+           "family_of", "load_checkpoint", "randomize_weights"]

@@ -116,7 +116,7 @@ class FlowModel(nn.Module):
         self.dropped = dropped
         if conditions is None and hasattr(net.config, "num_classes"):
             conditions = ClassConditions(net.config.num_classes)
-        self.conditions = conditions  # text models: PromptConditions of the suite's encoded prompt set
+        self.conditions = conditions  # a text-conditioned network gets PromptConditions from the runner
         if convention == "dit":
             abar = _dit_alphas_cumprod()
             self.register_buffer("log_snr", torch.log(abar / (1 - abar)).float().flip(0), persistent=False)
@@ -160,6 +160,9 @@ class FlowModel(nn.Module):
                 ids = torch.cat([ids, ids[:1].expand(pad, -1)])
             if generators is not None:
                 generators = [*generators, *(torch.Generator().manual_seed(0) for _ in range(pad))]
+        if self.conditions is None:
+            raise RuntimeError("this network conditions on text: set model.conditions to the prompt set's "
+                               "PromptConditions first (harness.prompts.encode.prompt_conditions)")
         cond = self.conditions.resolve(cond)
         channels = self.net.config.in_channels
         if self.convention == "sit":
