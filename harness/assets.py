@@ -33,7 +33,7 @@ from harness.errors import HarnessError
 
 MANIFEST = Path(__file__).resolve().parents[1] / "assets" / "manifest.toml"
 ASSETS_ENV = "HARNESS_ASSETS"
-KINDS = ("checkpoint", "vae", "reference", "samples", "inception", "metric", "prompts")
+KINDS = ("checkpoint", "vae", "reference", "samples", "inception", "metric", "prompts", "text_encoder")
 TORCH_HUB = "{torch_hub}"  # a path starting with this lies in torch.hub's cache folder
 CHUNK = 1 << 20
 HF_RESOLVE = "https://huggingface.co/{hub}/resolve/{revision}/{file}"
@@ -127,7 +127,9 @@ def hub_cached(hub: str, files: Sequence[str]) -> bool:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return False
-    return bool(files) and all(isinstance(try_to_load_from_cache(hub, f), str) for f in files)
+    repo_type = "dataset" if hub.startswith("datasets/") else None  # the manifest spells datasets as URLs do
+    repo = hub.removeprefix("datasets/")
+    return bool(files) and all(isinstance(try_to_load_from_cache(repo, f, repo_type=repo_type), str) for f in files)
 
 
 def _part(dest: Path) -> Path:

@@ -14,6 +14,7 @@ from typing import Any
 from harness.assets import MANIFEST, Asset, Need, file_need, load_manifest, raise_missing
 from harness.metrics import get_metric
 from harness.metrics.features import inception_need
+from harness.models.hub_text import text_encoder_need
 from harness.models.vae import vae_need
 
 
@@ -34,6 +35,9 @@ def missing_assets(runs: Sequence[Any], root: str | Path | None = None, generate
                         ("checkpoint",), root)
                 if spec.vae and f"vae:{spec.vae}" not in needs:
                     needs[f"vae:{spec.vae}"] = vae_need(spec.vae, assets, root)
+                encoder = getattr(spec, "text_encoder", None)
+                if getattr(run, "prompts", None) and encoder and f"text:{encoder}" not in needs:
+                    needs[f"text:{encoder}"] = text_encoder_need(encoder, spec.text_encoder_options, assets, root)
             if getattr(run, "prompts", None) in assets_of_prompts() and f"prompts:{run.prompts}" not in needs:
                 needs[f"prompts:{run.prompts}"] = _prompts_need(assets_of_prompts()[run.prompts], assets, root)
     if evaluate:

@@ -23,7 +23,7 @@ def test_random_vae_of_a_name_carries_its_scale_and_decoding_divides_by_it():
 
 
 def test_subfolder_vae_loads_from_a_local_folder_and_is_explained_when_missing(tmp_path):
-    folder = tmp_path / "assets" / "sdxl-vae"
+    folder = tmp_path / "assets" / "sdxl-vae" / "vae"  # the hub asset keeps the repo subfolder
     with pytest.raises(HarnessError, match=r"sdxl-vae.*harness assets --fetch sdxl-vae"):
         vae.build_vae("sdxl-vae", root=tmp_path)
     model = vae.build_vae("sdxl-vae", random_init=True, config=vae.SMALL_VAE_CONFIG)

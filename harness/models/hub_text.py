@@ -59,6 +59,21 @@ def weights_folder(name: str, root: Path | None, folder: str | None = None) -> P
                        f"text_encoder_options = {{folder = \"...\"}}")
 
 
+def text_encoder_need(name: str, options: dict[str, Any], assets: dict, root: Path) -> Any:
+    """What encoding prompts with encoder `name` lacks (a harness.assets.Need), or None; other encoders: None."""
+    from harness.assets import Need
+
+    if name not in HUB_TEXT:
+        return None
+    try:
+        weights_folder(name, root, options.get("folder"))
+    except HarnessError as err:
+        asset = assets.get(name)
+        hint = asset.how_to_get() if asset is not None and asset.fetchable else str(err)
+        return Need(f"text encoder {name!r} weights", asset.location(root) if asset else None, asset, hint)
+    return None
+
+
 def _dtype(options: dict[str, Any]) -> torch.dtype:
     name = options.pop("dtype", "float32")
     if name not in DTYPES:
@@ -144,4 +159,4 @@ def _t5_factory(options: dict[str, Any], device: torch.device, root: Path | None
 
 TEXT_ENCODERS.update({"openclip-dfn5b": _openclip_factory, "t5-pixart-sigma": _t5_factory})
 
-__all__ = ["HUB_TEXT", "OpenClipTokenStates", "T5TokenStates", "weights_folder"]
+__all__ = ["HUB_TEXT", "OpenClipTokenStates", "T5TokenStates", "text_encoder_need", "weights_folder"]

@@ -63,7 +63,7 @@ def require_diffusers() -> Any:
 def local_folder(name: str, root: str | Path | None = None) -> Path:
     """Where a VAE's weights live on disk: <assets>/<name> for a known name, else `name` as a folder path."""
     if name in VAES:
-        return assets_dir(root) / name
+        return assets_dir(root) / name / VAE_SUBFOLDERS.get(name, "")  # a hub asset keeps the repo's subfolder
     path = Path(name).expanduser()
     return path if path.is_absolute() else Path(root or Path.cwd()) / path
 
