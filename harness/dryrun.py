@@ -16,7 +16,7 @@ N(0, 0.02) so that methods, gammas and weights give different samples. Real runs
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +144,8 @@ def _substitute_arch(table: dict[str, Any], key: str, arch: str, original: Suite
     for fld in _SHAPE:
         table.pop(fld, None)
     table["arch"] = arch
-    table.update({f: getattr(config, f) for f in _KEEP if f != "convention"
+    shared = {f.name for f in fields(config)} & {f.name for f in fields(preset)}  # families differ in their fields
+    table.update({f: getattr(config, f) for f in _KEEP if f != "convention" and f in shared
                   and getattr(preset, f) != getattr(config, f)})
     if convention != preset_convention:
         table["convention"] = convention
@@ -153,6 +154,14 @@ def _substitute_arch(table: dict[str, Any], key: str, arch: str, original: Suite
         first, last = table["route"]
         last = min(last, depth - 1)
         table["route"] = [min(first, last), last]
+
+
+def random_text_options(config: Any) -> dict[str, int]:
+    """Options of the `random` text encoder giving the token states `config`'s network takes (width, length)."""
+    for width, length in (("caption_channels", "caption_length"), ("text_dim", "text_len")):
+        if getattr(config, width, None):
+            return {"dim": getattr(config, width), "length": getattr(config, length)}
+    return {}
 
 
 def load_dry_suite(path: str | Path, root: str | Path | None, runs_root: str | Path | None,
@@ -180,6 +189,12 @@ def load_dry_suite(path: str | Path, root: str | Path | None, runs_root: str | P
     if dry["suite"].get("prompts") == "hpsv3":
         dry["suite"]["prompts"] = str(hpsv3_standin(folder, root))
     suite = load_suite(path, root, samples=options.samples, steps=options.steps, data=dry)
+    encoders = {key: spec for key, spec in suite.models.items() if spec.text_encoder}
+    if encoders:  # real text encoders read weights: the dry run encodes with random ones of the same shape
+        for key, spec in encoders.items():
+            dry["models"][key].update(text_encoder="random",
+                                      text_encoder_options=random_text_options(spec.config()[0]))
+        suite = load_suite(path, root, samples=options.samples, steps=options.steps, data=dry)
     from harness.models.vae import SMALL_VAE_CONFIG
     from harness.report.cli import suite_meta
 
@@ -188,6 +203,7 @@ def load_dry_suite(path: str | Path, root: str | Path | None, runs_root: str | P
     meta = {"dry run": f"random weights (zero-initialised layers redrawn from N(0, {REDRAW_STD})), a random "
                        f"{'narrow ' if vae_config else ''}VAE, random Inception weights; reference: {origin}; "
                        f"per run {options.samples} samples, {options.steps} sampling step(s)"
+                       + ("; random text encoders" if encoders else "")
                        + (f"; every model as {options.arch}" if options.arch else ""),
             **suite_meta(dry)}
     return DrySuite(suite, options, folder, reference, source, vae_config, meta)
