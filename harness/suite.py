@@ -118,6 +118,9 @@ class ModelTable(_Table):
     decoder_num_heads: _Pos | None = None
     text_encoder: str | None = None  # a harness.models.text_encoders name (text-conditioned models)
     text_encoder_options: dict[str, Any] | None = None
+    # Any other config field of the model's family, by the upstream constructor's name (MicroDiT's expert_capacity,
+    # PixArt's num_layers, ...); an unknown name is an error of this table.
+    options: dict[str, Any] | None = None
 
     @field_validator("arch")
     @classmethod
@@ -131,8 +134,9 @@ class ModelTable(_Table):
     def overrides(self) -> dict[str, Any]:
         """The DiTConfig fields (and convention) this table sets over its architecture's preset."""
         skip = {"arch", "checkpoint", "sparsity", "route", "vae", "cfg_channels", "dropped", "text_encoder",
-                "text_encoder_options"}
-        return {k: v for k, v in self.model_dump().items() if k not in skip and v is not None}
+                "text_encoder_options", "options"}
+        named = {k: v for k, v in self.model_dump().items() if k not in skip and v is not None}
+        return {**(self.options or {}), **named}
 
 
 class GammaTable(_Table):
