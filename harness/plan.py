@@ -76,5 +76,11 @@ def add_plan_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 def main_plan(args: argparse.Namespace) -> int:
     """Run `harness plan`: print the plan of args.suite in args.format; returns the exit status."""
-    print(format_plan(plan_table(load_suite(args.suite)), args.format))
+    suite = load_suite(args.suite)
+    print(format_plan(plan_table(suite), args.format))
+    if args.format == "table":  # text-to-image: what the text encoder and the VAE cost, outside the per-step FLOPs
+        from harness.t2i_cost import outside_denoiser
+
+        for line in outside_denoiser(suite):
+            print(line)
     return 0

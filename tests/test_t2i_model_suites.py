@@ -70,3 +70,16 @@ def test_microdit_suite_dry_runs_end_to_end(tmp_path):
 def test_pixart_suite_dry_runs_end_to_end(tmp_path):
     runs, _ = bench(tmp_path, SUITES / "geneval_pixart.toml", "PixArt-Test", "^(cfg|sg_untrained-gw0.5-omega2)$")
     check_runs(runs / "geneval_pixart-dryrun", ["cfg", "sg_untrained-gw0.5-omega2"], 64)
+
+
+def test_text_encoder_and_vae_flops_are_counted_apart():
+    """Per prompt: linear layers plus attention matmuls, L tokens (open-clip text tower; T5 v1.1 XXL)."""
+    from harness.t2i_cost import outside_denoiser, text_encoder_gmacs
+
+    clip = 77 * 24 * (12 * 1024**2) + 77**2 * 1024 * 2 * 24  # 4 d^2 attention + 8 d^2 MLP; QK^T and AV
+    t5 = 300 * 24 * (4 * 4096**2 + 3 * 4096 * 10240) + 300**2 * 4096 * 2 * 24  # gated-GELU FFN: 3 matrices
+    assert text_encoder_gmacs("openclip-dfn5b") == pytest.approx(clip / 1e9, rel=1e-3)
+    assert text_encoder_gmacs("t5-pixart-sigma") == pytest.approx(t5 / 1e9, rel=1e-3)
+    lines = outside_denoiser(load_suite(SUITES / "geneval_microdit.toml"))
+    assert lines[0].startswith("text encoder openclip-dfn5b: 23.5 GMACs per prompt")
+    assert lines[1].startswith("VAE sdxl-vae decode:") and "per image" in lines[1]
