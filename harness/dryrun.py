@@ -126,10 +126,14 @@ def _substitute_arch(table: dict[str, Any], key: str, arch: str, original: Suite
     """Give [models.<key>] another architecture, keeping its data space and clamping its route to the new depth."""
     config, convention = original.models[key].config()
     preset, preset_convention = ModelSpec(arch).config()
+    if type(preset) is not type(config):
+        raise HarnessError(f"--dry-run-arch {arch}: [models.{key}] is a {original.models[key].arch} "
+                           f"({type(config).__name__}); choose an architecture of the same family, e.g. "
+                           f"{_same_family_example(config)}")
     for fld in _SHAPE:
         table.pop(fld, None)
     table["arch"] = arch
-    table.update({f: getattr(config, f) for f in _KEEP if f != "convention"
+    table.update({f: getattr(config, f) for f in _KEEP if f != "convention" and hasattr(config, f)
                   and getattr(preset, f) != getattr(config, f)})
     if convention != preset_convention:
         table["convention"] = convention
@@ -138,6 +142,12 @@ def _substitute_arch(table: dict[str, Any], key: str, arch: str, original: Suite
         first, last = table["route"]
         last = min(last, depth - 1)
         table["route"] = [min(first, last), last]
+
+
+def _same_family_example(config) -> str:
+    """The smallest registered architecture (fewest blocks x width) whose config class is that of `config`."""
+    names = [name for name in ARCHS if type(ModelSpec(name).config()[0]) is type(config)]
+    return min(names, key=lambda n: ARCHS[n]["depth"] * ARCHS[n]["hidden_size"])
 
 
 def load_dry_suite(path: str | Path, root: str | Path | None, runs_root: str | Path | None,
