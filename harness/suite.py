@@ -114,6 +114,9 @@ class ModelTable(_Table):
     decoder_hidden_size: _Pos | None = None
     decoder_depth: _Pos | None = None
     decoder_num_heads: _Pos | None = None
+    use_decoder: bool | None = None  # MaskDiT's constructor arguments (maskdit family)
+    mae_loss_coef: float | None = Field(None, ge=0)
+    sigma_data: float | None = Field(None, gt=0)  # edm convention (MaskDiT's EDMPrecond)
 
     @field_validator("arch")
     @classmethod

@@ -123,3 +123,33 @@ def test_edm_heun_schedule_and_cost_accounting():
     out = sample(denoise, torch.randn(2, 3, 4, 4), torch.zeros(2), make_generators([0, 1]),
                  dataclasses.replace(sampler, steps=5))
     torch.testing.assert_close(out, target)
+
+
+def test_suite_overrides_take_maskdit_constructor_names(tmp_path):
+    path = tmp_path / "m.toml"
+    text = '''
+[suite]
+name = "m"
+samples = 4
+batch_size = 4
+[sampler]
+kind = "edm_heun"
+steps = 3
+[models.main]
+arch = "MaskDiT-S/2"
+{extra}
+[[runs]]
+name = "u"
+method = "none"
+'''
+    path.write_text(text.format(extra="use_decoder = false\nmae_loss_coef = 0.0\nsigma_data = 1.0\ndepth = 2"))
+    suite = load_suite(path)
+    config, convention = suite.models["main"].config()
+    assert (config.use_decoder, config.mae_loss_coef, config.sigma_data, config.depth) == (False, 0.0, 1.0, 2)
+    assert suite.runs[0].sampler.nfe == 5 and convention == "edm"
+    path.write_text(text.format(extra="class_in_tokens = true"))
+    with pytest.raises(HarnessError, match=r"\[models.main\].*class_in_tokens"):
+        load_suite(path)
+    path.write_text(text.format(extra="").replace("steps = 3", "steps = 3\nsigma_min = 90.0"))
+    with pytest.raises(HarnessError, match=r"\[sampler\].*sigma_min < sigma_max"):
+        load_suite(path)
