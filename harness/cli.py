@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, check_inputs
 
 # Subcommands whose parser and entry point live in another module: (module, add_<x>_parser(subparsers)).
 # Their arguments are parsed by that module's own parser, imported only when the subcommand runs.
@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _load(args: argparse.Namespace):
     """(suite, selected runs, DrySuite or None): with --dry-run the suite prepared by harness.dryrun."""
     samples, steps = getattr(args, "samples", None), getattr(args, "steps", None)
+    check_inputs(paths={"--root": args.root})
     if getattr(args, "dry_run_arch", None) and not args.dry_run:
         raise HarnessError("--dry-run-arch only applies with --dry-run")
     if args.dry_run:

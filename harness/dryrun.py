@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from harness.errors import HarnessError
-from harness.models import ARCHS, ModelSpec
+from harness.models import ARCHS, ModelSpec, family_of
 from harness.suite import Suite, load_suite, read_suite_data
 
 DRY_SUFFIX = "-dryrun"
@@ -141,10 +141,14 @@ def _substitute_arch(table: dict[str, Any], key: str, arch: str, original: Suite
     """Give [models.<key>] another architecture, keeping its data space and clamping its route to the new depth."""
     config, convention = original.models[key].config()
     preset, preset_convention = ModelSpec(arch).config()
+    if type(preset) is not type(config):
+        raise HarnessError(f"--dry-run-arch {arch}: [models.{key}] is a {original.models[key].arch} "
+                           f"({type(config).__name__}); choose an architecture of the same family, e.g. "
+                           f"{_same_family_example(config)}")
     for fld in _SHAPE:
         table.pop(fld, None)
     table["arch"] = arch
-    shared = {f.name for f in fields(config)} & {f.name for f in fields(preset)}  # families differ in their fields
+    shared = {f.name for f in fields(config)}  # settable fields only (PixArt's input_size is a property)
     table.update({f: getattr(config, f) for f in _KEEP if f != "convention" and f in shared
                   and getattr(preset, f) != getattr(config, f)})
     if convention != preset_convention:
@@ -162,6 +166,18 @@ def random_text_options(config: Any) -> dict[str, int]:
         if getattr(config, width, None):
             return {"dim": getattr(config, width), "length": getattr(config, length)}
     return {}
+
+
+def _same_family_example(config) -> str:
+    """The smallest registered architecture (fewest parameters) whose config class is that of `config`."""
+    names = [name for name in ARCHS if type(ModelSpec(name).config()[0]) is type(config)]
+
+    def size(name: str) -> int:
+        with torch.device("meta"):
+            config = ModelSpec(name).config()[0]
+            return sum(p.numel() for p in family_of(config).network(config).parameters())
+
+    return min(names, key=size)
 
 
 def load_dry_suite(path: str | Path, root: str | Path | None, runs_root: str | Path | None,

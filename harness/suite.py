@@ -121,6 +121,9 @@ class ModelTable(_Table):
     # Any other config field of the model's family, by the upstream constructor's name (MicroDiT's expert_capacity,
     # PixArt's num_layers, ...); an unknown name is an error of this table.
     options: dict[str, Any] | None = None
+    use_decoder: bool | None = None  # MaskDiT's constructor arguments (maskdit family)
+    mae_loss_coef: float | None = Field(None, ge=0)
+    sigma_data: float | None = Field(None, gt=0)  # edm convention (MaskDiT's EDMPrecond)
 
     @field_validator("arch")
     @classmethod

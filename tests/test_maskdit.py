@@ -20,7 +20,9 @@ from safetensors.torch import load_file
 
 from harness.errors import HarnessError
 from harness.guidance import GuidanceSpec
-from harness.models import ARCHS, FlowModel, MaskDiT, MaskDiTConfig, ModelSpec, build_model, load_checkpoint
+from harness.models import (ARCHS, FlowModel, MaskDiT, MaskDiTConfig, ModelSpec, build_model, load_checkpoint,
+                            randomize_weights)
+from harness.models.dit import dropped_pixels
 from harness.sampling import GuidedDenoiser, SamplerSpec, make_generators, sample
 
 FIXTURE = Path(__file__).parent / "fixtures" / "maskdit"
@@ -163,3 +165,36 @@ def test_presets_keep_the_hard_coded_decoder_at_every_size():
     assert ARCHS["MaskDiT-XL/2"]["depth"] == 28
     with pytest.raises(ValueError, match="no route"):
         MaskDiTConfig(route=(1, 2))
+
+
+def _expected_macs(config: MaskDiTConfig, keep: int) -> int:
+    """Linear/conv MACs of one MaskDiT forward with `keep` of N tokens through the encoder, counted by hand."""
+    D, Dd, N, p = config.hidden_size, config.decoder_hidden_size, config.num_tokens, config.patch_size
+    per_image = 256 * D + D * D + config.num_classes * D  # timestep MLP, one-hot label linear
+    per_image += config.depth * 6 * D * D + 2 * D * D + config.decoder_depth * 6 * D * Dd + 2 * D * Dd  # adaLN
+    tokens = N * config.in_channels * p * p * D  # patch embedding
+    tokens += keep * config.depth * 12 * D * D + keep * D * Dd  # encoder blocks, decoder_layer on kept tokens
+    tokens += N * config.decoder_depth * 12 * Dd * Dd + N * Dd * p * p * config.out_channels  # decoder, final
+    return per_image + tokens
+
+
+def test_flop_count_of_maskdit_xl2_matches_a_hand_count():
+    from harness.cost import count_forward
+
+    config, _ = ModelSpec("MaskDiT-XL/2", sparsity="masking").config()
+    for gamma, keep in ((0.0, 256), (0.1, 231)):
+        gmacs, gmacs_full = count_forward(config, gamma)
+        assert gmacs == pytest.approx(_expected_macs(config, keep) / 1e9, rel=1e-9)
+        assert gmacs_full > gmacs
+    assert count_forward(config, 0.0)[0] == pytest.approx(121.0, abs=0.1)  # SiT-XL/2's 114.4 + the decoder
+
+
+def test_without_decoder_dropped_positions_are_zero_as_upstream_fills_them():
+    config = MaskDiTConfig(input_size=8, hidden_size=32, depth=1, num_heads=2, num_classes=10, use_decoder=False,
+                           sparsity="masking")
+    net = randomize_weights(MaskDiT(config))
+    assert net.mask_token is None and not hasattr(net, "decoder_blocks")
+    ids = torch.tensor([[0, 5, 9, 15]])
+    out = net(torch.randn(1, 4, 8, 8), torch.zeros(1), torch.tensor([3]), gamma=0.75, ids=ids)
+    dropped = dropped_pixels(ids, 16, 2).expand_as(out)
+    assert torch.all(out[dropped] == 0) and torch.all(out[~dropped] != 0)

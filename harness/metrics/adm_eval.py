@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, check_inputs
 from harness.metrics.evaluate import Reference, compute_metrics
 from harness.metrics.features import add_inception_arguments
 from harness.metrics.extractor import FeatureExtractor
@@ -78,6 +78,8 @@ def run_adm_eval(args: argparse.Namespace) -> int:
     """Run `harness adm-eval` from parsed arguments; prints results to stdout, progress to stderr."""
     from harness.metrics.features import InceptionExtractor
 
+    check_inputs({"REF_BATCH": args.ref_batch, "SAMPLE_BATCH": args.sample_batch,
+                  "--inception-weights": args.inception_weights})
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     extractor = InceptionExtractor(device=device, weights_path=args.inception_weights)
     results = adm_evaluate(args.ref_batch, args.sample_batch, extractor, args.batch_size)

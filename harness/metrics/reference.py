@@ -13,7 +13,7 @@ from typing import IO
 
 import numpy as np
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, check_inputs
 from harness.metrics.extractor import FeatureExtractor
 from harness.metrics.frechet import GaussianStats, gaussian_stats
 
@@ -328,6 +328,8 @@ def run_reference(args: argparse.Namespace) -> int:
 
     from harness.metrics.features import InceptionExtractor
 
+    check_inputs({"--inception-weights": None if args.no_stats else args.inception_weights},
+                 {"SOURCE": args.source, "the folder of OUT": Path(args.out).parent})
     extractor = None
     if not args.no_stats:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
