@@ -120,13 +120,16 @@ def test_hpsv3_per_category_and_macro_mean(tmp_path):
 
 
 def test_clip_score_with_a_tiny_random_clip_is_deterministic_and_non_negative(tmp_path):
+    from harness.metrics.clip_score import ClipScorer
     from harness.metrics.t2i_dry import tiny_random_clip
 
     labels = np.array([0, 80, 179])
     samples = [Sample(f"{i}.png", p, lambda im=im: im) for i, (im, p) in enumerate(zip(coded_images(labels), labels))]
-    one = score(["clip_score"], samples, GENEVAL, tmp_path, options={"clip_score": {"clip": tiny_random_clip()}})
-    two = score(["clip_score"], samples, GENEVAL, tmp_path, options={"clip_score": {"clip": tiny_random_clip()}})
-    assert one["clip_score"] == two["clip_score"] >= 0.0
+    scorer = ClipScorer(*tiny_random_clip())
+    one = score(["clip_score"], samples, GENEVAL, tmp_path, options={"clip_score": {"scorer": scorer}})
+    two = score(["clip_score"], samples, GENEVAL, tmp_path, options={"clip_score": {"scorer": ClipScorer(*tiny_random_clip())}})
+    per_image = scorer([s.load() for s in samples], [GENEVAL.prompts[s.prompt] for s in samples])
+    assert one["clip_score"] == two["clip_score"] == pytest.approx(per_image.mean()) and one["clip_score"] >= 0.0
 
 
 def test_evaluate_a_folder_made_by_another_generator(tmp_path):
