@@ -88,13 +88,31 @@ def _needs_geneval_metadata(prompts: PromptSet) -> None:
                            f"{prompts.name!r} ({prompts.prompts[bad]!r}) has none")
 
 
+DETECTOR_ASSET = "mask2former-swin-s-coco"
+DETECTOR_FILE = "mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth"  # GenEval's download_models.sh name
+
+
+def default_detector(device: torch.device, name: str | None = None, checkpoint: str | None = None):
+    """GenEval's detector: the official mmdet stack where it is installed, else the same checkpoint in transformers'
+    Mask2Former; the checkpoint is the `mask2former-swin-s-coco` asset unless given."""
+    import importlib.util
+
+    from harness.assets import assets_dir, load_manifest
+    from harness.metrics.detectors import build_detector
+    from harness.prompts.geneval import object_names
+
+    name = name or ("mmdet" if importlib.util.find_spec("mmdet") else "mask2former")
+    if checkpoint is None:
+        asset = load_manifest().get(DETECTOR_ASSET)
+        checkpoint = asset.location() if asset is not None else assets_dir() / DETECTOR_FILE
+    return build_detector(name, checkpoint=checkpoint, classnames=object_names(), device=device)
+
+
 def _geneval_models(options: Mapping[str, Any], device: torch.device) -> tuple[Any, Callable]:
     """(detector backend, colour classifier) from options: given objects, or built from names."""
     detector = options.get("detector_object")
     if detector is None:
-        from harness.metrics.detectors import build_detector
-
-        detector = build_detector(options.get("detector", "mmdet"), **dict(options.get("detector_options", {})))
+        detector = default_detector(device, options.get("detector"), options.get("checkpoint"))
     classify = options.get("classify")
     if classify is None:
         from harness.metrics.geneval_color import build_color_classifier
