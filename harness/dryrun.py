@@ -144,8 +144,8 @@ def _substitute_arch(table: dict[str, Any], key: str, arch: str, original: Suite
     for fld in _SHAPE:
         table.pop(fld, None)
     table["arch"] = arch
-    table.update({f: getattr(config, f) for f in _KEEP if f != "convention"
-                  and getattr(preset, f) != getattr(config, f)})
+    table.update({f: getattr(config, f) for f in _KEEP if f != "convention" and hasattr(config, f)
+                  and getattr(preset, f, None) != getattr(config, f)})  # text networks have no classes
     if convention != preset_convention:
         table["convention"] = convention
     if table.get("route"):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness.cli import main
 from harness.errors import HarnessError
 from harness.prompts import load_prompts, read_prompt_file
 from harness.prompts import geneval as geneval_module
@@ -231,3 +232,32 @@ def test_prompts_change_the_images(reference, checkpoint, tmp_path):
     _, want, _ = run_arrays(reference)
     assert np.array_equal(images[4:6], want[4:6])  # prompt 2 is the middle prompt in both orders
     assert not np.array_equal(images[:2], want[:2])
+
+
+def test_export_then_evaluate_the_folders_from_the_command_line(checkpoint, tmp_path, capsys):
+    path = text_suite(tmp_path, checkpoint, prompts="geneval", samples=4)
+    generate_suite(load_suite(path, root=tmp_path), runs_root=tmp_path / "runs", device="cpu")
+    run = tmp_path / "runs" / "t2i" / "g"
+    assert main(["export", str(run), "--format", "geneval", "--out", str(tmp_path / "gen")]) == 0
+    # as GenEval's evaluate_images.py reads it: numbered folders, json.load of metadata.jsonl, \d+.png samples
+    assert sorted(p.name for p in (tmp_path / "gen").iterdir()) == ["00000", "00001"]
+    with open(tmp_path / "gen" / "00001" / "metadata.jsonl") as fp:
+        assert json.load(fp) == load_prompts("geneval").metadata[1]
+    assert sorted(p.name for p in (tmp_path / "gen" / "00001" / "samples").iterdir()) == ["00000.png", "00001.png"]
+    assert main(["evaluate", str(tmp_path / "gen"), "--dry-run", "--metrics", "geneval,clip_score",
+                 "--out", str(tmp_path / "scores")]) == 0
+    assert "geneval: " in capsys.readouterr().out
+    assert len((tmp_path / "scores" / "results.jsonl").read_text().splitlines()) == 4
+    assert main(["export", str(run), "--format", "hpsv3", "--out", str(tmp_path / "hps")]) == 0
+    assert sorted(p.name for p in (tmp_path / "hps" / "all").glob("*.txt")) == [f"{i:06}.txt" for i in range(4)]
+    assert main(["evaluate", str(tmp_path / "hps"), "--dry-run"]) == 0
+    assert "hpsv3: " in capsys.readouterr().out
+
+
+def test_export_of_a_class_run_is_refused(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "manifest.json").write_text(json.dumps({"config": {"suite": {"labels": "uniform"}}}))
+    with pytest.raises(HarnessError, match="class-conditional run"):
+        from harness.prompts.export import export_run
+
+        export_run(tmp_path / "r", "geneval", tmp_path / "out")
