@@ -261,3 +261,29 @@ def test_export_of_a_class_run_is_refused(tmp_path):
         from harness.prompts.export import export_run
 
         export_run(tmp_path / "r", "geneval", tmp_path / "out")
+
+
+def test_missing_hpsv3_prompts_stop_generation_with_the_asset_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_ASSETS", str(tmp_path / "assets"))
+    path = text_suite(tmp_path, None, prompts="hpsv3", samples=2)
+    path.write_text(path.read_text().replace("images_per_prompt = 2", "images_per_prompt = 1"))
+    assert load_suite(path, root=tmp_path).runs[0].prompts == "hpsv3"  # the suite itself loads (plan, report)
+    with pytest.raises(HarnessError, match=r"missing; nothing was run[\s\S]*harness assets --fetch hpsv3-benchmark"):
+        generate_suite(load_suite(path, root=tmp_path), runs_root=tmp_path / "runs", device="cpu")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_prompt_suite_without_samples_takes_every_prompt(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_ASSETS", str(tmp_path / "assets"))
+    path = text_suite(tmp_path, None)
+    path.write_text(path.read_text().replace("samples = 10\n", ""))
+    assert load_suite(path, root=tmp_path).runs[0].samples == len(PROMPTS) * 2
+    path.write_text(path.read_text().replace('prompts = "prompts.txt"', 'prompts = "hpsv3"'))
+    assert load_suite(path, root=tmp_path).runs[0].samples == 0  # unknown until the prompt files are fetched
+
+
+def test_text_encoder_width_must_match_the_network(checkpoint, tmp_path):
+    path = text_suite(tmp_path, checkpoint)
+    path.write_text(path.read_text().replace("dim = 16", "dim = 12"))
+    with pytest.raises(HarnessError, match="12-channel states, TextDiT-Tiny takes 16"):
+        generate_suite(load_suite(path, root=tmp_path), runs_root=tmp_path / "runs", device="cpu")

@@ -146,3 +146,18 @@ def test_evaluate_a_folder_made_by_another_generator(tmp_path):
 def test_t2i_metrics_are_registered_without_a_reference():
     assert {"geneval", "hpsv3", "clip_score"} <= set(METRICS)
     assert all(METRICS[m].kind == "prompt" and METRICS[m].higher_is_better for m in ("geneval", "hpsv3", "clip_score"))
+
+
+@pytest.mark.parametrize("suite", ["imagenet256", "imagenet256_ablation", "sit_xl2_reference", "testbed", "geneval",
+                                   "hpsv3"])
+def test_paper_tables_before_any_run(tmp_path, suite, monkeypatch):
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    assert main(["report", f"suites/{suite}.toml", "--paper", "--runs-dir", str(tmp_path / "runs"),
+                 "--reports-dir", str(tmp_path / "reports")]) == 0
+    tables = (tmp_path / "reports" / suite / "tables.md").read_text()
+    report = (tmp_path / "reports" / suite / "report.md").read_text()
+    assert "No run of this suite has been generated yet" in report and "rep." in tables
+    if suite == "geneval":
+        row = next(line for line in tables.splitlines() if line.startswith("| TR-DiT-2.5B + SG"))
+        assert "| sg | 0.62 | — | — | 0.99 |" in row  # reported filled, measured missing
