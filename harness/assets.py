@@ -330,6 +330,10 @@ def missing_assets(runs: Sequence[Any], root: str | Path | None = None, generate
                                                            ("reference", "samples"), root)
         if any(_uses_inception(m) for run in runs for m in run.metrics):
             needs["inception"] = _inception_need(assets, root)
+        for name in dict.fromkeys(a for run in runs for m in run.metrics for a in METRIC_ASSETS.get(m, ())):
+            asset = assets.get(name)
+            if asset is not None and not asset.present(root):
+                needs[f"asset:{name}"] = Need(asset.description, asset.location(root), asset, asset.how_to_get())
     return [n for n in needs.values() if n is not None]
 
 
@@ -345,6 +349,11 @@ def _prompts_need(name: str, assets: dict[str, Asset], root: Path) -> Need | Non
     if asset is None or asset.present(root):
         return None
     return Need(f"prompt files of {asset.description.split(':')[0]}", asset.location(root), asset, asset.how_to_get())
+
+
+# Weights the text-to-image metrics read, by manifest name (an entry not in the manifest is not checked here; the
+# CLIP weights are also found in the Hugging Face cache, so their loader checks them).
+METRIC_ASSETS = {"geneval": ("mask2former-swin-s-coco",), "hpsv3": ("hpsv3",)}
 
 
 def _vae_need(name: str, assets: dict[str, Asset], root: Path) -> Need | None:

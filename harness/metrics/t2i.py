@@ -157,13 +157,15 @@ def score_hpsv3(samples: Sequence[Sample], prompts: PromptSet, out_dir: Path, de
         paths = [folder / hpsv3_name(prompts, s.prompt, i) for i, s in enumerate(samples)]
     else:
         paths = [Path(folder) / s.filename for s in samples]
-    scorer = options.get("scorer")
-    if scorer is None:
-        from harness.metrics.hpsv3 import hpsv3_scorer
-
-        scorer = hpsv3_scorer(device=device, **dict(options.get("worker_options", {})))
     texts = [prompts.prompts[s.prompt] for s in samples]
-    rewards = np.asarray(scorer(image_paths=[str(p) for p in paths], prompts=texts), dtype=np.float64)
+    scorer = options.get("scorer")
+    if scorer is None:  # the official model in its own environment (harness.metrics.hpsv3)
+        from harness.metrics.hpsv3 import HPSv3Worker
+
+        with HPSv3Worker(**dict(options.get("worker_options", {}))) as worker:
+            rewards = worker.score(image_paths=[str(p) for p in paths], prompts=texts)
+    else:
+        rewards = np.asarray(scorer(image_paths=[str(p) for p in paths], prompts=texts), dtype=np.float64)
     by_category: dict[str, list[float]] = {}
     for sample, reward in zip(samples, rewards.tolist()):
         category = prompts.metadata[sample.prompt].get("category", "all")
