@@ -287,3 +287,10 @@ def test_text_encoder_width_must_match_the_network(checkpoint, tmp_path):
     path.write_text(path.read_text().replace("dim = 16", "dim = 12"))
     with pytest.raises(HarnessError, match="12-channel states, TextDiT-Tiny takes 16"):
         generate_suite(load_suite(path, root=tmp_path), runs_root=tmp_path / "runs", device="cpu")
+
+
+def test_an_edited_prompt_file_changes_the_config_hash(tmp_path):
+    path = text_suite(tmp_path, None)
+    before = load_suite(path, root=tmp_path).runs[0].config_hash
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS[::-1]) + "\n")
+    assert load_suite(path, root=tmp_path).runs[0].config_hash != before

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from harness.cli import main
 from harness.errors import HarnessError
@@ -127,7 +126,8 @@ def test_clip_score_with_a_tiny_random_clip_is_deterministic_and_non_negative(tm
     samples = [Sample(f"{i}.png", p, lambda im=im: im) for i, (im, p) in enumerate(zip(coded_images(labels), labels))]
     scorer = ClipScorer(*tiny_random_clip())
     one = score(["clip_score"], samples, GENEVAL, tmp_path, options={"clip_score": {"scorer": scorer}})
-    two = score(["clip_score"], samples, GENEVAL, tmp_path, options={"clip_score": {"scorer": ClipScorer(*tiny_random_clip())}})
+    again = ClipScorer(*tiny_random_clip())
+    two = score(["clip_score"], samples, GENEVAL, tmp_path, options={"clip_score": {"scorer": again}})
     per_image = scorer([s.load() for s in samples], [GENEVAL.prompts[s.prompt] for s in samples])
     assert one["clip_score"] == two["clip_score"] == pytest.approx(per_image.mean()) and one["clip_score"] >= 0.0
 

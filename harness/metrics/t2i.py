@@ -172,8 +172,8 @@ def score_hpsv3(samples: Sequence[Sample], prompts: PromptSet, out_dir: Path, de
         by_category.setdefault(str(category), []).append(reward)
     out = {category_column(c): float(np.mean(v)) for c, v in by_category.items()}
     out["hpsv3"] = float(np.mean([np.mean(v) for v in by_category.values()]))
-    _write_jsonl(Path(out_dir) / "hpsv3_scores.jsonl",
-                 [{"filename": s.filename, "prompt": t, "reward": r} for s, t, r in zip(samples, texts, rewards.tolist())])
+    records = [{"filename": s.filename, "prompt": t, "reward": r} for s, t, r in zip(samples, texts, rewards.tolist())]
+    _write_jsonl(Path(out_dir) / "hpsv3_scores.jsonl", records)
     return out
 
 
