@@ -62,6 +62,24 @@ def test_official_backend_refuses_the_cpu_unless_forced_and_names_the_make_targe
         HPSv3Worker("hpsv3", device="cpu", python=sys.executable)
 
 
+def test_official_worker_checks_its_weights_before_starting(tmp_path, monkeypatch):
+    from harness.metrics.hpsv3 import open_worker
+
+    monkeypatch.setenv("HARNESS_ASSETS", str(tmp_path))
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda *args, **kwargs: None)  # an empty cache
+    with pytest.raises(HarnessError, match="harness assets --fetch hpsv3`"):
+        open_worker(tmp_path)
+    (tmp_path / "hpsv3").mkdir()
+    (tmp_path / "hpsv3" / "HPSv3.safetensors").write_bytes(b"")
+    with pytest.raises(HarnessError, match="harness assets --fetch qwen2-vl-7b-instruct"):
+        open_worker(tmp_path)
+    (tmp_path / "Qwen2-VL-7B-Instruct").mkdir()
+    (tmp_path / "Qwen2-VL-7B-Instruct" / "config.json").write_text("{}")
+    monkeypatch.delenv("HARNESS_HPSV3_PYTHON", raising=False)
+    with pytest.raises(HarnessError, match="make hpsv3-env"):  # weights found; the environment is what is missing
+        open_worker(tmp_path)
+
+
 def test_worker_python_is_the_side_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("HARNESS_HPSV3_PYTHON", raising=False)
     with pytest.raises(HarnessError, match="make hpsv3-env"):

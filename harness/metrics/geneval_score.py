@@ -17,8 +17,6 @@ from harness.metrics.geneval_color import add_colors, build_color_classifier
 TINY_SWIN = dict(embed_dim=16, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4], window_size=4)
 TINY_HEAD = dict(hidden_dim=32, feature_size=32, mask_feature_size=32, encoder_layers=1, decoder_layers=4,
                  num_queries=20, encoder_feedforward_dim=48, dim_feedforward=48, num_attention_heads=2)
-TINY_CLIP = dict(embed_dim=32, vision_cfg=dict(image_size=224, layers=1, width=64, head_width=32, patch_size=32),
-                 text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=1))
 
 
 class GenEvalScorer:
@@ -44,14 +42,14 @@ def build_geneval_scorer(classnames: Sequence[str], detector: str = "mask2former
     if random_weights:
         from harness.metrics.detectors.mask2former import Mask2FormerDetector, build_model
         from harness.metrics.geneval_color import ColorClassifier
-        from harness.metrics.open_clip_models import load_open_clip
+        from harness.metrics.open_clip_models import TINY, TINY_ARCH, load_open_clip
 
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(0)
         try:
             found = Mask2FormerDetector(build_model(len(classnames), TINY_SWIN, **TINY_HEAD), classnames, device)
             found.name = "random-mask2former"
-            colors = ColorClassifier(*load_open_clip("ViT-B-32", None, device, **TINY_CLIP), device)
+            colors = ColorClassifier(*load_open_clip(TINY_ARCH, None, device, **TINY), device)
         finally:
             torch.random.set_rng_state(generator_state)
         return GenEvalScorer(found, colors, options)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -104,6 +105,35 @@ class HPSv3Worker:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _located(asset: str, file: str, hub: str, root: str | Path | None) -> str | None:
+    """A file of a manifest asset when in place, else None if the Hugging Face cache holds it (the package then
+    finds it itself); neither: the one message with the fetch command."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from harness.assets import load_manifest
+
+    path = load_manifest()[asset].location(root) / file
+    if path.is_file():
+        return str(path)
+    if isinstance(try_to_load_from_cache(hub, file), str):
+        return None
+    raise HarnessError(f"HPSv3 needs {file} of {hub}: not at {path} nor in the Hugging Face cache; fetch it with "
+                       f"`harness assets --fetch {asset}`")
+
+
+def open_worker(root: str | Path | None = None, device: str = "auto", force_cpu: bool = False,
+                batch_size: int = 16, random_weights: bool = False) -> HPSv3Worker:
+    """The official HPSv3 worker with the manifest's weights (checked before anything starts), or, for dry runs,
+    the tiny random-weight backend in this environment."""
+    if random_weights:
+        return HPSv3Worker("tiny", device="cpu" if device == "auto" else device, python=sys.executable,
+                           batch_size=batch_size)
+    checkpoint = _located("hpsv3", "HPSv3.safetensors", "MizzenAI/HPSv3", root)
+    base = _located("qwen2-vl-7b-instruct", "config.json", "Qwen/Qwen2-VL-7B-Instruct", root)
+    return HPSv3Worker("hpsv3", device, checkpoint, None if base is None else Path(base).parent, force_cpu,
+                       batch_size=batch_size, root=root)
 
 
 def read_prompt(text_file: str | Path) -> str:
