@@ -271,7 +271,7 @@ def test_detector_end_to_end_on_a_tiny_model(tiny):
         m2f.Mask2FormerDetector(tiny, CLASSES[:2])
 
 
-def test_registry_and_the_mmdet_import_guard(tmp_path):
+def test_registry_and_the_mmdet_import_guard(tmp_path, monkeypatch):
     assert set(DETECTORS) == {"mask2former", "mmdet"}
     with pytest.raises(HarnessError, match="unknown GenEval detector"):
         build_detector("yolo")
@@ -279,6 +279,9 @@ def test_registry_and_the_mmdet_import_guard(tmp_path):
         import mmdet  # noqa: F401
     except ImportError:
         with pytest.raises(HarnessError, match="mmdet 2.x"):
-            build_detector("mmdet", checkpoint=tmp_path / "x.pth", classnames=CLASSES)
+            build_detector("mmdet", classnames=CLASSES, checkpoint=tmp_path / "x.pth")
     with pytest.raises(HarnessError, match="harness assets --fetch mask2former-swin-s-coco"):
         build_detector("mask2former", checkpoint=tmp_path / "x.pth", classnames=CLASSES)
+    monkeypatch.setenv("HARNESS_ASSETS", str(tmp_path))  # default checkpoint: the manifest's location
+    with pytest.raises(HarnessError, match=re.escape(str(tmp_path / "geneval" / m2f.CHECKPOINT))):
+        build_detector("mask2former", classnames=CLASSES)

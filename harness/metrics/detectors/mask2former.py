@@ -24,6 +24,7 @@ from harness.errors import HarnessError
 from harness.metrics.detectors.base import Detections, Detector, check_image
 
 CHECKPOINT = "mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth"
+ASSET = "mask2former-swin-s-coco"
 IMG_SCALE = (1333, 800)
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
@@ -175,7 +176,7 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise HarnessError(f"GenEval detector checkpoint missing: {path}; fetch it with "
-                           "`harness assets --fetch mask2former-swin-s-coco`")
+                           f"`harness assets --fetch {ASSET}`")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure is the same user-facing problem
@@ -312,8 +313,14 @@ class Mask2FormerDetector(Detector):
         return per_class(*self.raw(image), self.classnames)
 
 
-def build(checkpoint: str | Path, classnames: Sequence[str], device: str | torch.device = "cpu") -> Mask2FormerDetector:
-    """The Swin-S detector from the official mmdet checkpoint file."""
+def build(classnames: Sequence[str], checkpoint: str | Path | None = None, device: str | torch.device = "cpu",
+          root: str | Path | None = None) -> Mask2FormerDetector:
+    """The Swin-S detector from the official mmdet checkpoint file (default: the manifest's mask2former-swin-s-coco
+    location under the assets folder)."""
+    if checkpoint is None:
+        from harness.assets import load_manifest
+
+        checkpoint = load_manifest()[ASSET].location(root)
     model = build_model(len(classnames))
     load_checkpoint(model, checkpoint)
     return Mask2FormerDetector(model, classnames, device)

@@ -36,7 +36,7 @@ class MMDetDetector(Detector):
         return out
 
 
-def build(checkpoint: str | Path, classnames: Sequence[str], device: str = "cuda",
+def build(classnames: Sequence[str], checkpoint: str | Path, device: str = "cuda",
           config: str | Path | None = None) -> MMDetDetector:
     """init_detector with GenEval's config (from mmdet's source tree unless given) and the checkpoint."""
     try:
