@@ -47,7 +47,16 @@ def missing_assets(runs: Sequence[Any], root: str | Path | None = None, generate
                                                           ("reference", "samples"), root)
         if any(get_metric(m).extractor == "inception" for run in runs for m in run.metrics):
             needs["inception"] = inception_need(assets, root)
+        for name in dict.fromkeys(a for run in runs for m in run.metrics for a in METRIC_ASSETS.get(m, ())):
+            asset = assets.get(name)
+            if asset is not None and not asset.present(root):
+                needs[f"asset:{name}"] = Need(asset.description, asset.location(root), asset, asset.how_to_get())
     return [n for n in needs.values() if n is not None]
+
+
+# Weights the text-to-image metrics read, by manifest name (an entry not in the manifest is not checked here; the
+# CLIP weights are also found in the Hugging Face cache, so their loader checks them).
+METRIC_ASSETS = {"geneval": ("mask2former-swin-s-coco",), "hpsv3": ("hpsv3",)}
 
 
 def assets_of_prompts() -> dict[str, str]:

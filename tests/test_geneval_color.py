@@ -9,10 +9,8 @@ from PIL import Image
 from harness.errors import HarnessError
 from harness.metrics.geneval import COLORS, judge
 from harness.metrics.geneval_color import ColorClassifier, add_colors, object_crop
-from harness.metrics.open_clip_models import load_open_clip
+from harness.metrics.open_clip_models import TINY, load_open_clip
 
-TINY = dict(embed_dim=32, vision_cfg=dict(image_size=224, layers=1, width=64, head_width=32, patch_size=32),
-            text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=1))
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from harness.cli import main
 from harness.errors import HarnessError
@@ -120,13 +119,17 @@ def test_hpsv3_per_category_and_macro_mean(tmp_path):
 
 
 def test_clip_score_with_a_tiny_random_clip_is_deterministic_and_non_negative(tmp_path):
+    from harness.metrics.clip_score import ClipScorer
     from harness.metrics.t2i_dry import tiny_random_clip
 
     labels = np.array([0, 80, 179])
     samples = [Sample(f"{i}.png", p, lambda im=im: im) for i, (im, p) in enumerate(zip(coded_images(labels), labels))]
-    one = score(["clip_score"], samples, GENEVAL, tmp_path, options={"clip_score": {"clip": tiny_random_clip()}})
-    two = score(["clip_score"], samples, GENEVAL, tmp_path, options={"clip_score": {"clip": tiny_random_clip()}})
-    assert one["clip_score"] == two["clip_score"] >= 0.0
+    scorer = ClipScorer(*tiny_random_clip())
+    one = score(["clip_score"], samples, GENEVAL, tmp_path, options={"clip_score": {"scorer": scorer}})
+    again = ClipScorer(*tiny_random_clip())
+    two = score(["clip_score"], samples, GENEVAL, tmp_path, options={"clip_score": {"scorer": again}})
+    per_image = scorer([s.load() for s in samples], [GENEVAL.prompts[s.prompt] for s in samples])
+    assert one["clip_score"] == two["clip_score"] == pytest.approx(per_image.mean()) and one["clip_score"] >= 0.0
 
 
 def test_evaluate_a_folder_made_by_another_generator(tmp_path):
@@ -143,3 +146,18 @@ def test_evaluate_a_folder_made_by_another_generator(tmp_path):
 def test_t2i_metrics_are_registered_without_a_reference():
     assert {"geneval", "hpsv3", "clip_score"} <= set(METRICS)
     assert all(METRICS[m].kind == "prompt" and METRICS[m].higher_is_better for m in ("geneval", "hpsv3", "clip_score"))
+
+
+@pytest.mark.parametrize("suite", ["imagenet256", "imagenet256_ablation", "sit_xl2_reference", "testbed", "geneval",
+                                   "hpsv3"])
+def test_paper_tables_before_any_run(tmp_path, suite, monkeypatch):
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    assert main(["report", f"suites/{suite}.toml", "--paper", "--runs-dir", str(tmp_path / "runs"),
+                 "--reports-dir", str(tmp_path / "reports")]) == 0
+    tables = (tmp_path / "reports" / suite / "tables.md").read_text()
+    report = (tmp_path / "reports" / suite / "report.md").read_text()
+    assert "No run of this suite has been generated yet" in report and "rep." in tables
+    if suite == "geneval":
+        row = next(line for line in tables.splitlines() if line.startswith("| TR-DiT-2.5B + SG"))
+        assert "| sg | 0.62 | — | — | 0.99 |" in row  # reported filled, measured missing

@@ -45,9 +45,12 @@ class ClipScorer:
 def build_clip_scorer(arch: str = DEFAULT_ARCH, pretrained: str | None = DEFAULT_PRETRAINED,
                       device: str | torch.device = "cpu", weights: str | Path | None = None,
                       asset: str | None = "clip-vit-l-14-openai", batch_size: int = 32,
-                      **overrides: object) -> ClipScorer:
-    """A ClipScorer for an open-clip model name and weights tag (pretrained=None: random weights, for dry runs)."""
-    from harness.metrics.open_clip_models import load_open_clip
+                      random_weights: bool = False, **overrides: object) -> ClipScorer:
+    """A ClipScorer for an open-clip model name and weights tag (pretrained=None: random weights of that model;
+    random_weights=True: a tiny random-weight model, for dry runs)."""
+    from harness.metrics.open_clip_models import TINY, TINY_ARCH, load_open_clip
 
+    if random_weights:
+        arch, pretrained, weights, overrides = TINY_ARCH, None, None, {**TINY, **overrides}
     model, transform, tokenizer = load_open_clip(arch, pretrained, device, weights, asset, **overrides)
     return ClipScorer(model, transform, tokenizer, device, batch_size)

@@ -15,6 +15,11 @@ import torch
 
 from harness.errors import HarnessError
 
+# A tiny random-weight open-clip model (dry runs, tests): ViT-B-32's tokenizer and transforms, 1-layer towers.
+TINY_ARCH = "ViT-B-32"
+TINY = dict(embed_dim=32, vision_cfg=dict(image_size=224, layers=1, width=64, head_width=32, patch_size=32),
+            text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=1))
+
 def _cached_weights(pretrained_cfg: dict) -> str | None:
     """The tag's weights file in the Hugging Face cache, if open-clip (or `harness assets`) put it there."""
     hub = pretrained_cfg.get("hf_hub", "")

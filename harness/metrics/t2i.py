@@ -8,7 +8,7 @@ image loader), their PromptSet, an output folder and its options, and returns me
   `geneval_detector` (the backend that made them).
 - hpsv3: the images in HPSv3's layout (written under the output folder when they come from a run), scored by the
   HPSv3 worker; `hpsv3` = mean of the category means as benchmark.py reports it, `hpsv3_<category>` each.
-- clip_score: open-clip, 100 x cosine of image and prompt embeddings clipped at 0, averaged over images.
+- clip_score: harness.metrics.clip_score (open-clip, 100 x cosine clipped at 0), averaged over images.
 Options by metric name (`options["geneval"]`, ...) choose models; a dry run passes random ones.
 """
 
@@ -88,25 +88,44 @@ def _needs_geneval_metadata(prompts: PromptSet) -> None:
                            f"{prompts.name!r} ({prompts.prompts[bad]!r}) has none")
 
 
+DETECTOR_ASSET = "mask2former-swin-s-coco"
+DETECTOR_FILE = "mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth"  # GenEval's download_models.sh name
+
+
+def default_detector(device: torch.device, name: str | None = None, checkpoint: str | None = None):
+    """GenEval's detector: the official mmdet stack where it is installed, else the same checkpoint in transformers'
+    Mask2Former; the checkpoint is the `mask2former-swin-s-coco` asset unless given."""
+    import importlib.util
+
+    from harness.assets import assets_dir, load_manifest
+    from harness.metrics.detectors import build_detector
+    from harness.prompts.geneval import object_names
+
+    name = name or ("mmdet" if importlib.util.find_spec("mmdet") else "mask2former")
+    if checkpoint is None:
+        asset = load_manifest().get(DETECTOR_ASSET)
+        checkpoint = asset.location() if asset is not None else assets_dir() / DETECTOR_FILE
+    return build_detector(name, checkpoint=checkpoint, classnames=object_names(), device=device)
+
+
 def _geneval_models(options: Mapping[str, Any], device: torch.device) -> tuple[Any, Callable]:
     """(detector backend, colour classifier) from options: given objects, or built from names."""
     detector = options.get("detector_object")
     if detector is None:
-        from harness.metrics.detectors import build_detector
-
-        detector = build_detector(options.get("detector", "mmdet"), **dict(options.get("detector_options", {})))
+        detector = default_detector(device, options.get("detector"), options.get("checkpoint"))
     classify = options.get("classify")
     if classify is None:
-        from harness.metrics.geneval_color import ColorClassifier, load_clip
+        from harness.metrics.geneval_color import build_color_classifier
 
-        classify = ColorClassifier(*load_clip(device=device), device=device)
+        classify = build_color_classifier(device, **dict(options.get("color_options", {})))
     return detector, classify
 
 
 def score_geneval(samples: Sequence[Sample], prompts: PromptSet, out_dir: Path, device: torch.device,
                   options: Mapping[str, Any]) -> dict[str, Any]:
     """GenEval: results.jsonl in out_dir (official format plus the detector name) and the summary columns."""
-    from harness.metrics.geneval import color_requests, result_record, summarize, write_results
+    from harness.metrics.geneval import result_record, summarize, write_results
+    from harness.metrics.geneval_color import add_colors
 
     _needs_geneval_metadata(prompts)
     detector, classify = _geneval_models(options, device)
@@ -114,10 +133,7 @@ def score_geneval(samples: Sequence[Sample], prompts: PromptSet, out_dir: Path, 
     for sample in samples:
         image = sample.load()
         metadata = prompts.metadata[sample.prompt]
-        detections = detector.detect(image)
-        for classname, objects in color_requests(metadata, detections).items():  # the colour step
-            for obj, color in zip(objects, classify(image, classname, objects)):
-                obj["color"] = color
+        detections = add_colors(image, metadata, detector.detect(image), classify)
         records.append(result_record(sample.filename, metadata, detections, detector=detector.name))
     write_results(records, Path(out_dir) / RESULTS_FILE)
     return {**summarize(records), "geneval_detector": detector.name}
@@ -141,59 +157,41 @@ def score_hpsv3(samples: Sequence[Sample], prompts: PromptSet, out_dir: Path, de
         paths = [folder / hpsv3_name(prompts, s.prompt, i) for i, s in enumerate(samples)]
     else:
         paths = [Path(folder) / s.filename for s in samples]
-    scorer = options.get("scorer")
-    if scorer is None:
-        from harness.metrics.hpsv3 import hpsv3_scorer
-
-        scorer = hpsv3_scorer(device=device, **dict(options.get("worker_options", {})))
     texts = [prompts.prompts[s.prompt] for s in samples]
-    rewards = np.asarray(scorer(image_paths=[str(p) for p in paths], prompts=texts), dtype=np.float64)
+    scorer = options.get("scorer")
+    if scorer is None:  # the official model in its own environment (harness.metrics.hpsv3)
+        from harness.metrics.hpsv3 import HPSv3Worker
+
+        with HPSv3Worker(**dict(options.get("worker_options", {}))) as worker:
+            rewards = worker.score(image_paths=[str(p) for p in paths], prompts=texts)
+    else:
+        rewards = np.asarray(scorer(image_paths=[str(p) for p in paths], prompts=texts), dtype=np.float64)
     by_category: dict[str, list[float]] = {}
     for sample, reward in zip(samples, rewards.tolist()):
         category = prompts.metadata[sample.prompt].get("category", "all")
         by_category.setdefault(str(category), []).append(reward)
     out = {category_column(c): float(np.mean(v)) for c, v in by_category.items()}
     out["hpsv3"] = float(np.mean([np.mean(v) for v in by_category.values()]))
-    _write_jsonl(Path(out_dir) / "hpsv3_scores.jsonl",
-                 [{"filename": s.filename, "prompt": t, "reward": r} for s, t, r in zip(samples, texts, rewards.tolist())])
+    records = [{"filename": s.filename, "prompt": t, "reward": r} for s, t, r in zip(samples, texts, rewards.tolist())]
+    _write_jsonl(Path(out_dir) / "hpsv3_scores.jsonl", records)
     return out
-
-
-@torch.no_grad()
-def clip_scores(model: torch.nn.Module, transform: Callable, tokenizer: Callable, images: Sequence[np.ndarray],
-                texts: Sequence[str], device: torch.device, batch: int = 32) -> np.ndarray:
-    """max(100 cos(image, text), 0) per pair (Hessel et al.'s CLIPScore with w = 100, as torchmetrics)."""
-    from PIL import Image
-
-    out = []
-    for start in range(0, len(images), batch):
-        pixels = torch.stack([transform(Image.fromarray(im)) for im in images[start:start + batch]]).to(device)
-        tokens = tokenizer(list(texts[start:start + batch])).to(device)
-        a = torch.nn.functional.normalize(model.encode_image(pixels).float(), dim=-1)
-        b = torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1)
-        out.append((100 * (a * b).sum(-1)).clamp(min=0).cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0)
 
 
 def score_clip(samples: Sequence[Sample], prompts: PromptSet, out_dir: Path, device: torch.device,
                options: Mapping[str, Any]) -> dict[str, Any]:
-    """Mean CLIP score of the samples with their prompts (open-clip model `model` / `pretrained`, ViT-L-14/openai
-    by default)."""
-    clip = options.get("clip")
-    if clip is None:
-        from harness.metrics.geneval_color import load_clip
+    """Mean CLIP score (harness.metrics.clip_score) of the samples with their prompts: `scorer` given, or built
+    from `arch` / `pretrained` / `weights` (ViT-L-14/openai by default)."""
+    scorer = options.get("scorer")
+    if scorer is None:
+        from harness.metrics.clip_score import build_clip_scorer
 
-        arch, pretrained = options.get("model", CLIP_MODEL[0]), options.get("pretrained", CLIP_MODEL[1])
-        clip = load_clip(arch, pretrained, device=device)
-    model, transform, tokenizer = clip
-    model = model.eval().to(device)
-    scores = []
-    for start in range(0, len(samples), 64):
-        chunk = samples[start:start + 64]
-        scores.append(clip_scores(model, transform, tokenizer, [s.load() for s in chunk],
-                                  [prompts.prompts[s.prompt] for s in chunk], device))
-    values = np.concatenate(scores) if scores else np.zeros(0)
-    return {"clip_score": float(values.mean()), "clip_score_model": options.get("name", "/".join(CLIP_MODEL))}
+        scorer = build_clip_scorer(device=device, **{k: v for k, v in options.items() if k != "name"})
+    values = []
+    for start in range(0, len(samples), 256):
+        chunk = samples[start:start + 256]
+        values.append(scorer([s.load() for s in chunk], [prompts.prompts[s.prompt] for s in chunk]))
+    model = options.get("name") or f"{options.get('arch', 'ViT-L-14')}/{options.get('pretrained', 'openai')}"
+    return {"clip_score": float(np.concatenate(values).mean()), "clip_score_model": model}
 
 
 # Metrics computed from images and their prompts (no reference batch), by name.

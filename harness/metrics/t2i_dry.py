@@ -42,39 +42,43 @@ class RandomDetector(Detector):
         return out
 
 
-def tiny_random_clip(device: torch.device | str = "cpu", seed: int = 0, image_size: int = 32):
-    """(model, val transform, tokenizer): an open-clip CLIP of width 32 and one layer per tower, random weights."""
-    import open_clip
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+# A one-layer, narrow open-clip ViT-B-32 with random weights: builds and runs in well under a second on a CPU.
+TINY_CLIP = dict(embed_dim=32, vision_cfg=dict(image_size=64, layers=1, width=64, head_width=32, patch_size=32),
+                 text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=1))
+
+
+def tiny_random_clip(device: torch.device | str = "cpu", seed: int = 0):
+    """(model, val transform, tokenizer) of TINY_CLIP, its weights drawn from `seed`."""
+    from harness.metrics.open_clip_models import load_open_clip
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = CLIP(embed_dim=16, vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8,
-                                                            image_size=image_size),
-                     text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
-    transform = open_clip.image_transform(image_size, is_train=False)
-    return model.eval().to(device), transform, open_clip.get_tokenizer("ViT-B-32")
+        return load_open_clip("ViT-B-32", None, device, **TINY_CLIP)
 
 
 class RandomRewardModel:
-    """HPSv3's call shape (`image_paths=`, `prompts=` -> one reward per pair) on a tiny random CLIP."""
+    """HPSv3's call shape (`image_paths=`, `prompts=` -> one reward per pair): 10 x the cosine of image and prompt
+    embeddings of a second tiny random CLIP (not clipped, so rewards differ between images), for dry runs."""
 
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
-        self.model, self.transform, self.tokenizer = tiny_random_clip(self.device, seed=1)
+        self.model, self.transform, self.tokenizer = tiny_random_clip(device, seed=1)
 
+    @torch.no_grad()
     def __call__(self, image_paths: Sequence[str], prompts: Sequence[str]) -> list[float]:
-        from harness.metrics.t2i import clip_scores
-
-        images = [np.asarray(Image.open(p).convert("RGB")) for p in image_paths]
-        return (clip_scores(self.model, self.transform, self.tokenizer, images, prompts, self.device) / 10).tolist()
+        pixels = torch.stack([self.transform(Image.open(p).convert("RGB")) for p in image_paths]).to(self.device)
+        image = torch.nn.functional.normalize(self.model.encode_image(pixels).float(), dim=-1)
+        text = torch.nn.functional.normalize(self.model.encode_text(self.tokenizer(list(prompts)).to(self.device))
+                                             .float(), dim=-1)
+        return (10 * (image * text).sum(-1)).cpu().tolist()
 
 
 def dry_options(device: torch.device | str = "cpu") -> dict[str, dict[str, Any]]:
     """Scorer options of a dry run: every model random, nothing read from disk."""
+    from harness.metrics.clip_score import ClipScorer
     from harness.metrics.geneval_color import ColorClassifier
 
     clip = tiny_random_clip(device)
     return {"geneval": {"detector_object": RandomDetector(), "classify": ColorClassifier(*clip, device=device)},
-            "clip_score": {"clip": clip, "name": "random tiny CLIP"},
+            "clip_score": {"scorer": ClipScorer(*clip, device=device), "name": "random tiny CLIP (dry run)"},
             "hpsv3": {"scorer": RandomRewardModel(device)}}

@@ -32,6 +32,10 @@ def evaluate_prompt_runs(suite, runs: Sequence, runs_root: Path, device: str | N
         from harness.metrics.t2i_dry import dry_options
 
         options = dry_options(dev)
+    else:
+        from harness.assets import require_assets
+
+        require_assets(runs, suite.root, generate=False, evaluate=True)
     prompts = load_prompts(suite.prompts, suite.root)
     for run in runs:
         evaluate_prompt_run(run_dir_of(runs_root, run), names, prompts, dev, options)

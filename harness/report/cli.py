@@ -76,7 +76,8 @@ def write_paper_only(name: str, spec: str, reports_dir: str | Path, meta: dict[s
     tables_md = write_paper_tables(pd.DataFrame({"run": []}), suite_paper_map(spec) or None, out)[0]
     note = ("No run of this suite has been generated yet, so every measured column is missing (—); "
             f"`harness bench {spec}` fills them.")
-    sections = [f"# Report: {name}", note, what_was_run(name, pd.DataFrame({"run": [], "device": []}), {}, meta), paper_section(tables_md)]
+    nothing = pd.DataFrame({"run": [], "device": []})
+    sections = [f"# Report: {name}", note, what_was_run(name, nothing, {}, meta), paper_section(tables_md)]
     path = out / "report.md"
     path.write_text("\n\n".join(s for s in sections if s) + "\n")
     return path
