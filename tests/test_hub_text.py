@@ -18,7 +18,8 @@ PROMPTS = ["a photo of a red cat", "two dogs and a bench", ""]
 def clip_folder(tmp_path_factory):
     """A tiny open-clip CLIP written as a local open-clip folder (config + safetensors), like the DFN5B repo."""
     folder = tmp_path_factory.mktemp("openclip-dfn5b")
-    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+    cfg = {"embed_dim": 16,
+           "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
     torch.manual_seed(0)

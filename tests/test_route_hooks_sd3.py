@@ -24,8 +24,9 @@ def sd3():
 
 def inputs():
     g = torch.Generator().manual_seed(0)
-    return dict(hidden_states=torch.randn(3, 4, 8, 8, generator=g), encoder_hidden_states=torch.randn(3, 6, 12,
-                generator=g), pooled_projections=torch.randn(3, 10, generator=g), timestep=torch.tensor([5., 400., 900.]))
+    return dict(hidden_states=torch.randn(3, 4, 8, 8, generator=g),
+                encoder_hidden_states=torch.randn(3, 6, 12, generator=g),
+                pooled_projections=torch.randn(3, 10, generator=g), timestep=torch.tensor([5.0, 400.0, 900.0]))
 
 
 def routed_by_hand(model, ids, hidden_states, encoder_hidden_states, pooled_projections, timestep):

@@ -161,5 +161,6 @@ def load_vae(name: str, device: torch.device | str = "cpu", random_init: bool = 
     return make_decoder(build_vae(name, device, random_init, config, root), batch_size)
 
 
-__all__ = ["DECODE_BATCH", "LATENT_SCALE", "LATENT_SCALES", "SD_VAE_CONFIG", "VAE_SUBFOLDERS", "SMALL_VAE_CONFIG", "VAES", "build_vae", "find_vae",
-           "load_vae", "make_decoder", "missing_vae_message", "require_diffusers", "vae_need"]
+__all__ = ["DECODE_BATCH", "LATENT_SCALE", "LATENT_SCALES", "SD_VAE_CONFIG", "SMALL_VAE_CONFIG", "VAES",
+           "VAE_SUBFOLDERS", "build_vae", "find_vae", "load_vae", "make_decoder", "missing_vae_message",
+           "require_diffusers", "vae_need"]
