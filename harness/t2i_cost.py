@@ -80,7 +80,11 @@ def outside_denoiser(suite) -> list[str]:
             config = spec.config()[0]
             if spec.text_encoder and ("text", spec.text_encoder) not in seen:
                 seen.add(("text", spec.text_encoder))
-                gmacs = text_encoder_gmacs(spec.text_encoder)
+                try:
+                    gmacs = text_encoder_gmacs(spec.text_encoder)
+                except ImportError as err:  # open-clip / transformers are optional extras
+                    lines.append(f"text encoder {spec.text_encoder}: not counted ({err})")
+                    continue
                 if gmacs is not None:
                     lines.append(f"text encoder {spec.text_encoder}: {gmacs:,.1f} GMACs per prompt, once per prompt "
                                  f"set (cached)")

@@ -22,7 +22,8 @@ def costs(name, *run_ids):
 
 def test_microdit_plan_sg_runs_match_cfg_flops():
     """Counted on fake tensors (no weights): SG at CFG's 30 steps is cheaper; the matched runs spend CFG's FLOPs."""
-    cfg, sg30, matched = costs("geneval_microdit", "cfg", "sg_30-gw0.75-omega2", "sg_matched_g75-omega2")
+    cfg, sg30, matched = costs("geneval_microdit", "cfg-seed0", "sg_30-gw0.75-omega2",
+                                 "sg_matched_g75-omega2")
     assert 51 < cfg < 52.5  # 59 EDM Heun evaluations x 2 dense MicroDiT-XL/2 forwards of 437 GMACs
     assert sg30 < 0.7 * cfg and abs(matched / cfg - 1) < 0.02
 
@@ -61,8 +62,8 @@ def test_microdit_suite_dry_runs_end_to_end(tmp_path):
     assert arch in text
     suite = tmp_path / "geneval_microdit.toml"
     suite.write_text(text.replace(arch, arch + "\ninput_size = 8"))
-    runs, reports = bench(tmp_path, suite, "MicroDiT-Test", "^(cfg|cfg_sg_30-omega4)$")
-    check_runs(runs / "geneval_microdit-dryrun", ["cfg", "cfg_sg_30-omega4"], 64)
+    runs, reports = bench(tmp_path, suite, "MicroDiT-Test", "^(cfg-seed0|cfg_sg_30-omega4)$")
+    check_runs(runs / "geneval_microdit-dryrun", ["cfg-seed0", "cfg_sg_30-omega4"], 64)
     report = (reports / "geneval_microdit-dryrun" / "report.md").read_text()
     assert "every model as MicroDiT-Test" in report and "random text encoders" in report
 
