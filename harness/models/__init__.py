@@ -125,6 +125,6 @@ def randomize_weights(model: torch.nn.Module, std: float = 0.05, seed: int = 0) 
     return model
 
 
-__all__ = ["ARCHS", "CONVENTIONS", "DEFAULT_DROPPED", "DROPPED", "FAMILIES", "DiTConfig", "Family", "FlowModel", "MaskDiT", "MaskDiTConfig",
-           "ModelSpec", "SparseDiT",
-           "build_model", "family_of", "load_checkpoint", "randomize_weights"]
+__all__ = ["ARCHS", "CONVENTIONS", "DEFAULT_DROPPED", "DROPPED", "FAMILIES", "DiTConfig", "Family", "FlowModel",
+           "MaskDiT", "MaskDiTConfig", "ModelSpec", "SparseDiT", "build_model", "family_of", "load_checkpoint",
+           "randomize_weights"]
