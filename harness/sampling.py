@@ -194,7 +194,7 @@ def sample(
 
 def _edm_heun(denoise: Denoise, noise: torch.Tensor, cond: torch.Tensor, generators: Sequence[torch.Generator],
               sampler: SamplerSpec) -> torch.Tensor:
-    """EDM's deterministic sampler (Karras et al. 2022, Alg. 1; MaskDiT's `edm_sampler` with S_churn = 0) in sigma space.
+    """EDM's deterministic sampler in sigma space (Karras et al. 2022, Alg. 1; MaskDiT's `edm_sampler`, S_churn 0).
 
     The state is x_edm = x + sigma * noise in float64, starting at sigma_max * noise; the denoiser D comes from the
     harness velocity at t = 1 / (1 + sigma): D = x_t + (1 - t) v with x_t = t * x_edm. Heun's correction on every

@@ -107,3 +107,29 @@ def test_dry_bench_runs_every_stage_and_marks_it(tmp_path, capsys):
     assert "**Every number in this report is from a dry run with random weights" in report
     assert "- dry run: random weights" in report and "every model as Testbed-XS/4" in report
     assert (reports / "imagenet256-dryrun" / "samples" / "cfg.png").is_file()
+
+
+def test_maskdit_suite_dry_runs_end_to_end(tmp_path, capsys):
+    # suites/maskdit256.toml as written, minus its Frechet metrics (see above), on MaskDiT-S/2 with 1 EDM step
+    text = (SUITES / "maskdit256.toml").read_text()
+    metrics = 'metrics = ["fid", "sfid", "is", "precision", "recall"]'
+    assert metrics in text
+    suite = tmp_path / "maskdit256.toml"
+    suite.write_text(text.replace(metrics, 'metrics = ["is", "precision", "recall"]'))
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    code = main(["bench", str(suite), "--root", str(tmp_path), "--dry-run", "--dry-run-arch", "MaskDiT-S/2",
+                 "--samples", "4", "--steps", "1", "--only", "^(release_cfg|sg-gs0.05-gw0.3-omega2)$",
+                 "--device", "cpu", "--out", str(runs), "--reports", str(reports)])
+    assert code == 0, capsys.readouterr().err
+    folder = runs / "maskdit256-dryrun"
+    for run, model in (("release_cfg", "guidance"), ("sg-gs0.05-gw0.3-omega2", "trained")):
+        manifest = json.loads((folder / run / "manifest.json").read_text())
+        assert manifest["complete"] and manifest["config"]["sampler"]["kind"] == "edm_heun"
+        assert manifest["config"]["models"][model]["arch"] == "MaskDiT-S/2"
+        assert json.loads((folder / run / "cost.json").read_text())["nfe"] == 2  # 1 EDM step, two branches
+    assert json.loads((folder / "sg-gs0.05-gw0.3-omega2" / "manifest.json").read_text()
+                      )["config"]["models"]["trained"]["dropped"] == "strong"
+    results = pd.read_csv(reports / "maskdit256-dryrun" / "results.csv")
+    assert set(results["run"]) == {"release_cfg", "sg-gs0.05-gw0.3-omega2"} and results["dry_run"].all()
+    with pytest.raises(HarnessError, match="same family"):
+        load_dry_suite(SUITES / "maskdit256.toml", tmp_path, None, DryRun(arch="SiT-S/8"))
