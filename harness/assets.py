@@ -332,7 +332,7 @@ def missing_assets(runs: Sequence[Any], root: str | Path | None = None, generate
             needs["inception"] = _inception_need(assets, root)
         for name in dict.fromkeys(a for run in runs for m in run.metrics for a in METRIC_ASSETS.get(m, ())):
             asset = assets.get(name)
-            if asset is not None and not asset.present(root):
+            if asset is not None and not asset.present(root) and not _in_hub_cache(asset):
                 needs[f"asset:{name}"] = Need(asset.description, asset.location(root), asset, asset.how_to_get())
     return [n for n in needs.values() if n is not None]
 
@@ -351,9 +351,21 @@ def _prompts_need(name: str, assets: dict[str, Asset], root: Path) -> Need | Non
     return Need(f"prompt files of {asset.description.split(':')[0]}", asset.location(root), asset, asset.how_to_get())
 
 
-# Weights the text-to-image metrics read, by manifest name (an entry not in the manifest is not checked here; the
-# CLIP weights are also found in the Hugging Face cache, so their loader checks them).
-METRIC_ASSETS = {"geneval": ("mask2former-swin-s-coco",), "hpsv3": ("hpsv3",)}
+# Weights the text-to-image metrics read, by manifest name (an entry not in the manifest is not checked). A hub
+# asset also counts as present when the Hugging Face cache holds its files, where their loaders look too.
+METRIC_ASSETS = {"geneval": ("mask2former-swin-s-coco", "clip-vit-l-14-openai"),
+                 "clip_score": ("clip-vit-l-14-openai",), "hpsv3": ("hpsv3", "qwen2-vl-7b-instruct")}
+
+
+def _in_hub_cache(asset: Asset) -> bool:
+    """Whether every file of a hub asset is in the Hugging Face cache."""
+    if not asset.hub or asset.hub.startswith("datasets/"):
+        return False
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    return all(isinstance(try_to_load_from_cache(asset.hub, f), str) for f in asset.files)
 
 
 def _vae_need(name: str, assets: dict[str, Asset], root: Path) -> Need | None:
