@@ -252,6 +252,9 @@ def test_export_then_evaluate_the_folders_from_the_command_line(checkpoint, tmp_
     assert sorted(p.name for p in (tmp_path / "hps" / "all").glob("*.txt")) == [f"{i:06}.txt" for i in range(4)]
     assert main(["evaluate", str(tmp_path / "hps"), "--dry-run"]) == 0
     assert "hpsv3: " in capsys.readouterr().out
+    assert main(["export", str(path), "--format", "geneval", "--out", str(tmp_path / "all"), "--root", str(tmp_path),
+                 "--runs-dir", str(tmp_path / "runs")]) == 0  # a suite: every generated run into out/<run-id>
+    assert (tmp_path / "all" / "g" / "00001" / "samples" / "00001.png").is_file()
 
 
 def test_export_of_a_class_run_is_refused(tmp_path):
