@@ -297,3 +297,14 @@ def test_registry_and_the_mmdet_import_guard(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_ASSETS", str(tmp_path))  # default checkpoint: the manifest's location
     with pytest.raises(HarnessError, match=re.escape(str(tmp_path / "geneval" / m2f.CHECKPOINT))):
         build_detector("mask2former", classnames=CLASSES)
+
+
+def test_resize_is_opencvs_bilinear_and_the_fallback_is_within_one_grey_level(monkeypatch):
+    cv2 = pytest.importorskip("cv2")
+    image = np.random.default_rng(0).integers(0, 256, (51, 64, 3), dtype=np.uint8)
+    size = m2f.rescale_size(64, 51)
+    exact = m2f.resize(image, size)
+    assert np.array_equal(exact, cv2.resize(image, size, interpolation=cv2.INTER_LINEAR))  # mmcv's imresize
+    monkeypatch.setitem(sys.modules, "cv2", None)  # no OpenCV: torch's bilinear
+    fallback = m2f.resize(image, size)
+    assert fallback.shape == exact.shape and np.abs(fallback.astype(int) - exact).max() <= 1
