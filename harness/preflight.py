@@ -54,9 +54,10 @@ def missing_assets(runs: Sequence[Any], root: str | Path | None = None, generate
     return [n for n in needs.values() if n is not None]
 
 
-# Weights the text-to-image metrics read, by manifest name (an entry not in the manifest is not checked here; the
-# CLIP weights are also found in the Hugging Face cache, so their loader checks them).
-METRIC_ASSETS = {"geneval": ("mask2former-swin-s-coco",), "hpsv3": ("hpsv3",)}
+# Weights the text-to-image metrics read, by manifest name (an entry not in the manifest is not checked). A hub
+# asset also counts as present when the Hugging Face cache holds its files (Asset.present), where their loaders look.
+METRIC_ASSETS = {"geneval": ("mask2former-swin-s-coco", "clip-vit-l-14-openai"),
+                 "clip_score": ("clip-vit-l-14-openai",), "hpsv3": ("hpsv3", "qwen2-vl-7b-instruct")}
 
 
 def assets_of_prompts() -> dict[str, str]:

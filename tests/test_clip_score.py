@@ -19,7 +19,8 @@ def test_clip_score_is_100_cosine_clipped_at_zero():
     scores = scorer(images, prompts)
     with torch.no_grad():
         pixels = torch.stack([scorer.transform(Image.fromarray(im)) for im in images])
-        cos = F.cosine_similarity(scorer.model.encode_image(pixels), scorer.model.encode_text(scorer.tokenizer(prompts)))
+        text = scorer.model.encode_text(scorer.tokenizer(prompts))
+        cos = F.cosine_similarity(scorer.model.encode_image(pixels), text)
     np.testing.assert_allclose(scores, (100 * cos).clamp(min=0).numpy(), rtol=1e-4, atol=1e-4)
     assert scores.shape == (7,) and (scores >= 0).all()
     # a prompt's score does not depend on the batch it is in

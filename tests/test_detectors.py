@@ -1,6 +1,9 @@
 """GenEval detector backends: mmdet -> transformers key conversion, mmdet's test-time steps, the import guard."""
 
+import importlib.util
 import re
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -174,7 +177,8 @@ def test_mmdet_checkpoint_converts_and_loads_exactly(tiny, tmp_path):
         torch.testing.assert_close(converted[key], reference[key], rtol=0, atol=0, msg=key)
     # through a file in mmdet's layout, into a fresh model: same outputs as the model the weights came from
     path = tmp_path / m2f.CHECKPOINT
-    torch.save({"meta": {"CLASSES": tuple(CLASSES), "mmdet_version": "2.24.0"}, "state_dict": mmdet}, path)
+    meta = {"CLASSES": tuple(CLASSES), "mmdet_version": "2.24.0", "hook_msgs": {"best_score": np.float64(0.49)}}
+    torch.save({"meta": meta, "state_dict": mmdet}, path)
     torch.manual_seed(1)
     fresh = m2f.build_model(len(CLASSES), TINY_SWIN, **TINY_HEAD)
     m2f.load_checkpoint(fresh, path)
@@ -209,8 +213,8 @@ def test_mmdet_test_time_resize_normalise_pad():
     image[..., 1] = 100
     pixels, img_shape = m2f.preprocess(image)
     assert img_shape == (800, 800) and pixels.shape == (1, 3, 800, 800)
-    torch.testing.assert_close(pixels[0, :, 400, 400],
-                               torch.tensor([(200 - 123.675) / 58.395, (100 - 116.28) / 57.12, (200 - 103.53) / 57.375]))
+    expected = torch.tensor([(200 - 123.675) / 58.395, (100 - 116.28) / 57.12, (200 - 103.53) / 57.375])
+    torch.testing.assert_close(pixels[0, :, 400, 400], expected)
     pixels, img_shape = m2f.preprocess(np.zeros((30, 50, 3), np.uint8))
     assert img_shape == (800, 1333) and pixels.shape == (1, 3, 800, 1344)  # 1333 padded to 1344
     assert (pixels[..., 1333:] == 0).all() and (pixels[..., :1333] != 0).all()
@@ -275,13 +279,32 @@ def test_registry_and_the_mmdet_import_guard(tmp_path, monkeypatch):
     assert set(DETECTORS) == {"mask2former", "mmdet"}
     with pytest.raises(HarnessError, match="unknown GenEval detector"):
         build_detector("yolo")
-    try:
-        import mmdet  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("mmdet") is None:
         with pytest.raises(HarnessError, match="mmdet 2.x"):
             build_detector("mmdet", classnames=CLASSES, checkpoint=tmp_path / "x.pth")
+    # an mmdet 3.x install is refused by name, before anything loads
+    fake = types.ModuleType("mmdet")
+    fake.__version__, fake.__file__ = "3.3.0", str(tmp_path / "mmdet" / "__init__.py")
+    monkeypatch.setitem(sys.modules, "mmdet", fake)
+    monkeypatch.setitem(sys.modules, "mmdet.apis", types.SimpleNamespace(init_detector=None))
+    with pytest.raises(HarnessError, match="needs mmdet 2.x, found 3.3.0"):
+        build_detector("mmdet", classnames=CLASSES, checkpoint=tmp_path / "x.pth")
+    fake.__version__ = "2.27.0"  # no source tree next to it: GenEval's config file is missing
+    with pytest.raises(HarnessError, match="mmdet config missing: .*mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.py"):
+        build_detector("mmdet", classnames=CLASSES, checkpoint=tmp_path / "x.pth")
     with pytest.raises(HarnessError, match="harness assets --fetch mask2former-swin-s-coco"):
         build_detector("mask2former", checkpoint=tmp_path / "x.pth", classnames=CLASSES)
     monkeypatch.setenv("HARNESS_ASSETS", str(tmp_path))  # default checkpoint: the manifest's location
     with pytest.raises(HarnessError, match=re.escape(str(tmp_path / "geneval" / m2f.CHECKPOINT))):
         build_detector("mask2former", classnames=CLASSES)
+
+
+def test_resize_is_opencvs_bilinear_and_the_fallback_is_within_one_grey_level(monkeypatch):
+    cv2 = pytest.importorskip("cv2")
+    image = np.random.default_rng(0).integers(0, 256, (51, 64, 3), dtype=np.uint8)
+    size = m2f.rescale_size(64, 51)
+    exact = m2f.resize(image, size)
+    assert np.array_equal(exact, cv2.resize(image, size, interpolation=cv2.INTER_LINEAR))  # mmcv's imresize
+    monkeypatch.setitem(sys.modules, "cv2", None)  # no OpenCV: torch's bilinear
+    fallback = m2f.resize(image, size)
+    assert fallback.shape == exact.shape and np.abs(fallback.astype(int) - exact).max() <= 1

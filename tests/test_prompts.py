@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.cli import main
+from harness.cli import build_parser, cmd_bench, main
 from harness.errors import HarnessError
 from harness.prompts import load_prompts, read_prompt_file
 from harness.prompts import geneval as geneval_module
@@ -252,6 +252,9 @@ def test_export_then_evaluate_the_folders_from_the_command_line(checkpoint, tmp_
     assert sorted(p.name for p in (tmp_path / "hps" / "all").glob("*.txt")) == [f"{i:06}.txt" for i in range(4)]
     assert main(["evaluate", str(tmp_path / "hps"), "--dry-run"]) == 0
     assert "hpsv3: " in capsys.readouterr().out
+    assert main(["export", str(path), "--format", "geneval", "--out", str(tmp_path / "all"), "--root", str(tmp_path),
+                 "--runs-dir", str(tmp_path / "runs")]) == 0  # a suite: every generated run into out/<run-id>
+    assert (tmp_path / "all" / "g" / "00001" / "samples" / "00001.png").is_file()
 
 
 def test_export_of_a_class_run_is_refused(tmp_path):
@@ -294,3 +297,15 @@ def test_an_edited_prompt_file_changes_the_config_hash(tmp_path):
     before = load_suite(path, root=tmp_path).runs[0].config_hash
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS[::-1]) + "\n")
     assert load_suite(path, root=tmp_path).runs[0].config_hash != before
+
+
+def test_missing_metric_weights_stop_bench_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_ASSETS", str(tmp_path / "assets"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    path = text_suite(tmp_path, None, prompts="geneval", samples=4)
+    path.write_text(path.read_text().replace("seed = 3", 'seed = 3\nmetrics = ["geneval"]'))
+    args = build_parser().parse_args(["bench", str(path), "--root", str(tmp_path), "--out", str(tmp_path / "runs"),
+                                      "--device", "cpu"])
+    with pytest.raises(HarnessError, match=r"(?s)mask2former-swin-s-coco.*clip-vit-l-14-openai"):
+        cmd_bench(args)
+    assert not (tmp_path / "runs").exists()

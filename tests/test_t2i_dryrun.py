@@ -28,7 +28,7 @@ def test_t2i_suite_dry_run_end_to_end(tmp_path, suite, columns, monkeypatch):
     assert json.loads((run / "manifest.json").read_text())["dry_run"] is True
     if suite == "geneval":
         lines = (run / "results.jsonl").read_text().splitlines()
-        assert len(lines) == 4 and json.loads(lines[0])["detector"] == "random"
+        assert len(lines) == 4 and json.loads(lines[0])["detector"] == "random-mask2former"
     else:
         assert len(list((run / "hpsv3").rglob("*.txt"))) == 4
     report = (tmp_path / "reports" / f"{suite}-dryrun" / "report.md").read_text()

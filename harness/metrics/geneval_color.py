@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from harness.errors import HarnessError
 from harness.metrics.geneval import COLORS, DEFAULTS, Options, color_requests
 
 CLIP_ARCH = "ViT-L-14"

@@ -2,9 +2,10 @@
 
 Weights are an asset, never downloaded here: `weights` names a checkpoint file (an open-clip state dict, e.g. the
 hub's open_clip_model.safetensors), else the manifest asset's file when in place, else the tag is looked up in the
-Hugging Face cache where open-clip keeps its downloads. The tag's settings are kept when loading from a file: its preprocessing and QuickGELU. open-clip >= 3
-no longer builds "openai" models with QuickGELU by itself (2.x did, through load_openai_model), so it is forced here;
-without it ViT-L-14/openai would run with plain GELU and give other features than GenEval's.
+Hugging Face cache where open-clip keeps its downloads. The tag's settings are kept when loading from a file: its
+preprocessing and QuickGELU. open-clip >= 3 no longer builds "openai" models with QuickGELU by itself (2.x did,
+through load_openai_model), so it is forced here; without it ViT-L-14/openai would run with plain GELU and give
+other features than GenEval's.
 """
 
 from __future__ import annotations

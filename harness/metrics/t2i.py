@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -88,68 +87,44 @@ def _needs_geneval_metadata(prompts: PromptSet) -> None:
                            f"{prompts.name!r} ({prompts.prompts[bad]!r}) has none")
 
 
-DETECTOR_ASSET = "mask2former-swin-s-coco"
-DETECTOR_FILE = "mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth"  # GenEval's download_models.sh name
-
-
-def default_detector(device: torch.device, name: str | None = None, checkpoint: str | None = None):
-    """GenEval's detector: the official mmdet stack where it is installed, else the same checkpoint in transformers'
-    Mask2Former; the checkpoint is the `mask2former-swin-s-coco` asset unless given."""
+def geneval_scorer(device: torch.device, options: Mapping[str, Any]):
+    """harness.metrics.geneval_score's scorer: `scorer` given; tiny random models (`random_weights`); else GenEval's
+    setup from assets, with the official mmdet detector where mmdet is installed and transformers' Mask2Former
+    (the same checkpoint) otherwise, unless `detector` names one."""
     import importlib.util
 
-    from harness.assets import assets_dir, load_manifest
-    from harness.metrics.detectors import build_detector
+    from harness.metrics.geneval_score import build_geneval_scorer
     from harness.prompts.geneval import object_names
 
-    name = name or ("mmdet" if importlib.util.find_spec("mmdet") else "mask2former")
-    if checkpoint is None:
-        asset = load_manifest().get(DETECTOR_ASSET)
-        checkpoint = asset.location() if asset is not None else assets_dir() / DETECTOR_FILE
-    return build_detector(name, checkpoint=checkpoint, classnames=object_names(), device=device)
-
-
-def _geneval_models(options: Mapping[str, Any], device: torch.device) -> tuple[Any, Callable]:
-    """(detector backend, colour classifier) from options: given objects, or built from names."""
-    detector = options.get("detector_object")
-    if detector is None:
-        detector = default_detector(device, options.get("detector"), options.get("checkpoint"))
-    classify = options.get("classify")
-    if classify is None:
-        from harness.metrics.geneval_color import build_color_classifier
-
-        classify = build_color_classifier(device, **dict(options.get("color_options", {})))
-    return detector, classify
+    if options.get("scorer") is not None:
+        return options["scorer"]
+    detector = options.get("detector") or ("mmdet" if importlib.util.find_spec("mmdet") else "mask2former")
+    return build_geneval_scorer(object_names(), detector, device, options.get("checkpoint"),
+                                options.get("clip_weights"), bool(options.get("random_weights")))
 
 
 def score_geneval(samples: Sequence[Sample], prompts: PromptSet, out_dir: Path, device: torch.device,
                   options: Mapping[str, Any]) -> dict[str, Any]:
     """GenEval: results.jsonl in out_dir (official format plus the detector name) and the summary columns."""
-    from harness.metrics.geneval import result_record, summarize, write_results
-    from harness.metrics.geneval_color import add_colors
+    from harness.metrics.geneval import summarize, write_results
 
     _needs_geneval_metadata(prompts)
-    detector, classify = _geneval_models(options, device)
-    records = []
-    for sample in samples:
-        image = sample.load()
-        metadata = prompts.metadata[sample.prompt]
-        detections = add_colors(image, metadata, detector.detect(image), classify)
-        records.append(result_record(sample.filename, metadata, detections, detector=detector.name))
+    scorer = geneval_scorer(device, options)
+    records = [scorer(s.load(), prompts.metadata[s.prompt], s.filename) for s in samples]
     write_results(records, Path(out_dir) / RESULTS_FILE)
-    return {**summarize(records), "geneval_detector": detector.name}
-
-
-def category_column(category: str) -> str:
-    """`hpsv3_<category>`: lowercase, non-alphanumerics as underscores (Natural Scenery -> natural_scenery)."""
-    return "hpsv3_" + re.sub(r"[^a-z0-9]+", "_", category.lower()).strip("_")
+    return {**summarize(records), "geneval_detector": scorer.detector.name}
 
 
 def score_hpsv3(samples: Sequence[Sample], prompts: PromptSet, out_dir: Path, device: torch.device,
                 options: Mapping[str, Any], folder: Path | None = None) -> dict[str, Any]:
-    """HPSv3: mu per image from the worker; per-category means and their unweighted mean (benchmark.py's OVERALL).
+    """HPSv3: mu per image from the worker (harness.metrics.hpsv3), summarised as benchmark.py does: `hpsv3` = the
+    unweighted mean of the category means, `hpsv3_<category>` each.
 
     The worker reads files: images of a run are written in HPSv3's layout under out_dir/hpsv3 first (`folder`
-    is given when the samples already lie in that layout)."""
+    is given when the samples already lie in that layout). `scorer` (called with image_paths=, prompts=) replaces
+    the worker; `random_weights` runs its tiny random-weight backend (dry runs)."""
+    from harness.metrics.hpsv3 import metric_columns, open_worker, summarize
+
     if folder is None:
         folder = Path(out_dir) / HPSV3_FOLDER
         labels = np.array([s.prompt for s in samples], dtype=np.int64)
@@ -159,28 +134,26 @@ def score_hpsv3(samples: Sequence[Sample], prompts: PromptSet, out_dir: Path, de
         paths = [Path(folder) / s.filename for s in samples]
     texts = [prompts.prompts[s.prompt] for s in samples]
     scorer = options.get("scorer")
-    if scorer is None:  # the official model in its own environment (harness.metrics.hpsv3)
-        from harness.metrics.hpsv3 import HPSv3Worker
-
-        with HPSv3Worker(**dict(options.get("worker_options", {}))) as worker:
+    if scorer is None:
+        kind = "cpu" if device.type == "cpu" else "auto"
+        with open_worker(options.get("root"), kind, bool(options.get("force_cpu")),
+                         random_weights=bool(options.get("random_weights"))) as worker:
             rewards = worker.score(image_paths=[str(p) for p in paths], prompts=texts)
     else:
-        rewards = np.asarray(scorer(image_paths=[str(p) for p in paths], prompts=texts), dtype=np.float64)
+        rewards = scorer(image_paths=[str(p) for p in paths], prompts=texts)
+    rewards = np.asarray(rewards, dtype=np.float64)
     by_category: dict[str, list[float]] = {}
     for sample, reward in zip(samples, rewards.tolist()):
-        category = prompts.metadata[sample.prompt].get("category", "all")
-        by_category.setdefault(str(category), []).append(reward)
-    out = {category_column(c): float(np.mean(v)) for c, v in by_category.items()}
-    out["hpsv3"] = float(np.mean([np.mean(v) for v in by_category.values()]))
+        by_category.setdefault(str(prompts.metadata[sample.prompt].get("category", "all")), []).append(reward)
     records = [{"filename": s.filename, "prompt": t, "reward": r} for s, t, r in zip(samples, texts, rewards.tolist())]
     _write_jsonl(Path(out_dir) / "hpsv3_scores.jsonl", records)
-    return out
+    return metric_columns(summarize(by_category))
 
 
 def score_clip(samples: Sequence[Sample], prompts: PromptSet, out_dir: Path, device: torch.device,
                options: Mapping[str, Any]) -> dict[str, Any]:
-    """Mean CLIP score (harness.metrics.clip_score) of the samples with their prompts: `scorer` given, or built
-    from `arch` / `pretrained` / `weights` (ViT-L-14/openai by default)."""
+    """Mean CLIP score (harness.metrics.clip_score) of the samples with their prompts: `scorer` given, else built
+    from `arch` / `pretrained` / `weights` (ViT-L-14/openai by default) or `random_weights`."""
     scorer = options.get("scorer")
     if scorer is None:
         from harness.metrics.clip_score import build_clip_scorer
@@ -190,7 +163,8 @@ def score_clip(samples: Sequence[Sample], prompts: PromptSet, out_dir: Path, dev
     for start in range(0, len(samples), 256):
         chunk = samples[start:start + 256]
         values.append(scorer([s.load() for s in chunk], [prompts.prompts[s.prompt] for s in chunk]))
-    model = options.get("name") or f"{options.get('arch', 'ViT-L-14')}/{options.get('pretrained', 'openai')}"
+    model = options.get("name") or ("random tiny CLIP" if options.get("random_weights") else
+                                    f"{options.get('arch', 'ViT-L-14')}/{options.get('pretrained', 'openai')}")
     return {"clip_score": float(np.concatenate(values).mean()), "clip_score_model": model}
 
 

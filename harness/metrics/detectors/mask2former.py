@@ -177,8 +177,11 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
     if not path.is_file():
         raise HarnessError(f"GenEval detector checkpoint missing: {path}; fetch it with "
                            f"`harness assets --fetch {ASSET}`")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # mmcv's `meta` may hold numpy scalars (e.g. hook messages): allowed, nothing else is
+        numpy_core = np._core if hasattr(np, "_core") else np.core
+        with torch.serialization.safe_globals([np.dtype, numpy_core.multiarray.scalar, type(np.dtype(np.float64)),
+                                               type(np.dtype(np.int64))]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure is the same user-facing problem
         raise HarnessError(f"{path}: not a loadable mmdet checkpoint ({type(error).__name__}: {error})") from error
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
