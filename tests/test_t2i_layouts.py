@@ -163,3 +163,25 @@ def test_paper_tables_before_any_run(tmp_path, suite, monkeypatch):
     if suite == "geneval":
         row = next(line for line in tables.splitlines() if line.startswith("| TR-DiT-2.5B + SG"))
         assert "| sg | 0.62 | — | — | 0.99 |" in row  # reported filled, measured missing
+
+
+def test_a_scored_run_is_not_scored_again_until_its_shards_change(tmp_path):
+    from harness.metrics.t2i import evaluate_prompt_run
+    from harness.runner import write_shard
+
+    labels = np.repeat(np.array(CHOSEN), 2)
+    write_shard(tmp_path / "samples-000000.npz", coded_images(labels), labels, np.arange(len(labels)))
+    calls = []
+
+    class Counting(OracleDetector):
+        def detect(self, image):
+            calls.append(1)
+            return super().detect(image)
+
+    options = {"geneval": {"scorer": GenEvalScorer(Counting(), never_called)}}
+    first = evaluate_prompt_run(tmp_path, ["geneval"], GENEVAL, options=options)
+    assert first["geneval"] == pytest.approx(1 / 3) and len(calls) == 6
+    assert evaluate_prompt_run(tmp_path, ["geneval"], GENEVAL, options=options) == {} and len(calls) == 6
+    write_shard(tmp_path / "samples-000000.npz", coded_images(labels)[::-1].copy(), labels, np.arange(len(labels)))
+    evaluate_prompt_run(tmp_path, ["geneval"], GENEVAL, options=options)
+    assert len(calls) == 12

@@ -208,11 +208,33 @@ def score(names: Sequence[str], samples: Sequence[Sample], prompts: PromptSet, o
     return results
 
 
+STAMPS_FILE = "t2i-scored.json"  # per metric: the shards and options its value in metrics.json was computed from
+
+
+def _stamp(run_dir: Path, prompts: PromptSet, options: Mapping[str, Any]) -> str:
+    from harness.metrics.evaluate import list_shards
+
+    shards = ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in list_shards(run_dir))
+    return json.dumps([shards, prompts.digest, sorted((k, repr(v)) for k, v in options.items())])
+
+
 def evaluate_prompt_run(run_dir: Path, names: Sequence[str], prompts: PromptSet, device: torch.device | str = "cpu",
                         options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
-    """The text-to-image metrics of one generated run (its shards' labels are prompt indices)."""
-    layout = "geneval" if "geneval" in names else "hpsv3"
-    return score(names, run_samples(Path(run_dir), prompts, layout), prompts, Path(run_dir), device, options)
+    """The text-to-image metrics of one generated run (its shards' labels are prompt indices). A metric already in
+    metrics.json for the same shards, prompts and options is kept, not recomputed (a rerun resumes)."""
+    run_dir = Path(run_dir)
+    stamps_path = run_dir / STAMPS_FILE
+    stamps = json.loads(stamps_path.read_text()) if stamps_path.is_file() else {}
+    current = {n: _stamp(run_dir, prompts, (options or {}).get(n, {})) for n in names}
+    metrics = json.loads((run_dir / METRICS_FILE).read_text()) if (run_dir / METRICS_FILE).is_file() else {}
+    todo = [n for n in names if stamps.get(n) != current[n] or n not in metrics]
+    if not todo:
+        return {}
+    layout = "geneval" if "geneval" in todo else "hpsv3"
+    results = score(todo, run_samples(run_dir, prompts, layout), prompts, run_dir, device, options)
+    stamps.update({n: current[n] for n in todo})
+    stamps_path.write_text(json.dumps(stamps, indent=1) + "\n")
+    return results
 
 
 def evaluate_folder(folder: Path, names: Sequence[str], out_dir: Path | None = None,
