@@ -308,3 +308,44 @@ def test_resize_is_opencvs_bilinear_and_the_fallback_is_within_one_grey_level(mo
     monkeypatch.setitem(sys.modules, "cv2", None)  # no OpenCV: torch's bilinear
     fallback = m2f.resize(image, size)
     assert fallback.shape == exact.shape and np.abs(fallback.astype(int) - exact).max() <= 1
+
+
+def test_mmdet_adapter_with_a_stand_in_mmdet(tmp_path, monkeypatch):
+    """The official stack's path: init_detector(config, checkpoint), inference_detector on the BGR array, per-class
+    (bbox, segm) lists -> Detections."""
+    seen = {}
+    masks = np.zeros((2, 4, 6), bool)
+    masks[0, 1, 2] = masks[1, 3, 5] = True
+
+    def init_detector(config, checkpoint, device):
+        seen.update(config=config, checkpoint=checkpoint, device=device)
+        return "model"
+
+    def inference_detector(model, image):
+        seen["image"] = image
+        bbox = [np.zeros((0, 5), np.float32) for _ in CLASSES]
+        segm = [[] for _ in CLASSES]
+        bbox[3] = np.array([[2, 1, 3, 2, 0.75], [5, 3, 6, 4, 0.25]], np.float32)
+        segm[3] = [masks[0], masks[1]]
+        return bbox, segm
+
+    root = tmp_path / "mmdetection"
+    (root / "configs" / "mask2former").mkdir(parents=True)
+    (root / "configs" / "mask2former" / "mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.py").write_text("")
+    fake = types.ModuleType("mmdet")
+    fake.__version__, fake.__file__ = "2.27.0", str(root / "mmdet" / "__init__.py")
+    monkeypatch.setitem(sys.modules, "mmdet", fake)
+    monkeypatch.setitem(sys.modules, "mmdet.apis", types.SimpleNamespace(init_detector=init_detector,
+                                                                         inference_detector=inference_detector))
+    checkpoint = tmp_path / m2f.CHECKPOINT
+    checkpoint.write_bytes(b"")
+    detector = build_detector("mmdet", classnames=CLASSES, checkpoint=checkpoint)
+    assert seen["config"].endswith("configs/mask2former/mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.py")
+    assert seen["checkpoint"] == str(checkpoint) and seen["device"] == "cuda"
+    image = np.zeros((4, 6, 3), np.uint8)
+    image[..., 0] = 255  # red
+    out = detector.detect(image)
+    assert seen["image"][0, 0].tolist() == [0, 0, 255]  # handed over as BGR, as mmdet reads files
+    assert list(out) == ["class3"] and detector.name == "mask2former-swin-s-mmdet"
+    assert [o["box"] for o in out["class3"]] == [[2, 1, 3, 2], [5, 3, 6, 4]]
+    assert [o["score"] for o in out["class3"]] == [0.75, 0.25] and out["class3"][1]["mask"][3, 5]

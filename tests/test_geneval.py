@@ -193,12 +193,16 @@ def test_agrees_with_the_official_evaluate_image_on_random_cases():
                                                                             case["details"]), case["metadata"]
 
 
-def test_scorer_runs_detector_colour_step_and_rules_end_to_end():
-    from harness.metrics.geneval_score import build_geneval_scorer
+def test_scorer_runs_detector_colour_step_and_rules_end_to_end(tmp_path):
+    from PIL import Image
+
+    from harness.metrics.geneval_score import build_geneval_scorer, load_image
 
     classes = ["cat", "dog", "car"]
     scorer = build_geneval_scorer(classes, random_weights=True)
     image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    Image.fromarray(image).convert("RGBA").save(tmp_path / "0000.png")
+    assert np.array_equal(load_image(tmp_path / "0000.png"), image)  # RGB again, as the official script reads it
     metadata = meta("colors", [{"class": "car", "count": 1, "color": "red"}])
     loose = type(scorer)(scorer.detector, scorer.classify_colors, Options(threshold=0.0))
     record = loose(image, metadata, "00000/samples/0000.png")

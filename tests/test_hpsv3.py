@@ -94,3 +94,37 @@ def test_summary_is_benchmark_py_calculate_category_stats(tmp_path):
         summarize({"Food": []})
     (tmp_path / "a.txt").write_text("a cat\nsitting\n")
     assert read_prompt(tmp_path / "a.txt") == "a cat\n\nsitting\n"  # the official reader's quirk, kept
+
+
+FAKE_HPSV3 = '''
+import json, os, torch
+class HPSv3RewardInferencer:
+    """Stands in for hpsv3.inference.HPSv3RewardInferencer: records how it is built and called."""
+    def __init__(self, config_path=None, checkpoint_path=None, device="cuda", differentiable=False):
+        self.model = torch.nn.Linear(1, 1).to(torch.bfloat16)
+        with open(os.environ["FAKE_HPSV3_LOG"], "a") as log:
+            log.write(json.dumps({"config": open(config_path).read() if config_path else None,
+                                  "checkpoint": checkpoint_path, "device": device}) + "\\n")
+    def reward(self, prompts, image_paths):  # the later upstream order; 1.0.0 had (image_paths, prompts)
+        assert all(os.path.isfile(p) for p in image_paths)
+        return torch.tensor([[float(len(p)), -1.0] for p in prompts], dtype=torch.bfloat16)
+'''
+
+
+def test_official_backend_path_with_a_stand_in_package(images, tmp_path, monkeypatch):
+    """The worker's hpsv3 branch against a stand-in `hpsv3` package: keyword call, mu = column 0, local weights."""
+    package = tmp_path / "site" / "hpsv3"
+    (package / "config").mkdir(parents=True)
+    (package / "__init__.py").write_text(FAKE_HPSV3)
+    (package / "config" / "HPSv3_7B.yaml").write_text('rm_head_type: "ranknet"\nmodel_name_or_path: '
+                                                      '"Qwen/Qwen2-VL-7B-Instruct"\nbf16: True\n')
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    monkeypatch.setenv("FAKE_HPSV3_LOG", str(tmp_path / "log.jsonl"))
+    with HPSv3Worker("hpsv3", device="cpu", checkpoint=tmp_path / "HPSv3.safetensors", base=tmp_path / "qwen",
+                     force_cpu=True, python=sys.executable) as worker:
+        assert worker.info["dtype"] == "torch.bfloat16" and worker.info["device"] == "cpu"
+        scores = worker.score(images[:2], ["four", "sixteen letters."])
+    assert scores.tolist() == [4.0, 16.0]
+    (built,) = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert built["checkpoint"] == str(tmp_path / "HPSv3.safetensors") and built["device"] == "cpu"
+    assert f'model_name_or_path: "{tmp_path / "qwen"}"' in built["config"] and "bf16: True" in built["config"]

@@ -19,6 +19,14 @@ TINY_HEAD = dict(hidden_dim=32, feature_size=32, mask_feature_size=32, encoder_l
                  num_queries=20, encoder_feedforward_dim=48, dim_feedforward=48, num_attention_heads=2)
 
 
+def load_image(path: str | Path) -> np.ndarray:
+    """An image file as evaluate_images.py reads it: EXIF orientation applied, RGB, uint8 (H, W, 3)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+
+
 class GenEvalScorer:
     """Scores images against GenEval metadata with a detector backend and a colour classifier."""
 

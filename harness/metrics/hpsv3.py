@@ -64,7 +64,10 @@ class HPSv3Worker:
         if not line:
             code = self.process.wait()
             raise HarnessError(f"HPSv3 worker exited (status {code}) without an answer; its stderr says why")
-        return json.loads(line)
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError as error:
+            raise HarnessError(f"HPSv3 worker wrote a line outside the protocol: {line[:200]!r}") from error
 
     def score(self, image_paths: Sequence[str | Path], prompts: Sequence[str]) -> np.ndarray:
         """(N,) HPSv3 mu of image files against their prompts, in batches of batch_size."""
@@ -79,6 +82,8 @@ class HPSv3Worker:
             answer = self._receive()
             if "error" in answer:
                 raise HarnessError(f"HPSv3 worker: {answer['error']}")
+            if len(answer.get("scores", [])) != len(request["images"]):
+                raise HarnessError(f"HPSv3 worker answered {answer!r:.200} to {len(request['images'])} images")
             scores.extend(answer["scores"])
         return np.asarray(scores, dtype=np.float64)
 

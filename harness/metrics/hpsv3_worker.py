@@ -23,6 +23,10 @@ import sys
 import tempfile
 import traceback
 
+# Run as a script, this file's folder is sys.path[0], where the harness's own hpsv3.py would shadow the package.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
 
 class WorkerError(Exception):
     """A problem the client should see as one message."""
