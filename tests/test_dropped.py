@@ -92,7 +92,7 @@ omega = 2.0
         run = load_suite(base).runs[0]
         hashes[extra] = run.config_hash
         assert run.config["models"]["main"]["dropped"] == run.models["main"].dropped
-    assert hashes[""] == hashes['dropped = "strong"'] != hashes['dropped = "decoder"']  # the default is "strong"
+    assert hashes[""] == hashes['dropped = "decoder"'] != hashes['dropped = "strong"']  # the default is "decoder"
     base.write_text(text.format(extra='dropped = "zeros"'))
     with pytest.raises(HarnessError, match="dropped"):
         load_suite(base)

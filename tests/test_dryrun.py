@@ -16,6 +16,8 @@ from harness.cli import main
 from harness.dryrun import DryRun, load_dry_suite, redraw_zero_init
 from harness.errors import HarnessError
 from harness.models import ModelSpec, build_model
+from harness.report import normalise_paper_map
+from harness.suite import load_suite
 
 REPO = Path(__file__).resolve().parents[1]
 SUITES = REPO / "suites"
@@ -118,18 +120,21 @@ def test_maskdit_suite_dry_runs_end_to_end(tmp_path, capsys):
     suite.write_text(text.replace(metrics, 'metrics = ["is", "precision", "recall"]'))
     runs, reports = tmp_path / "runs", tmp_path / "reports"
     code = main(["bench", str(suite), "--root", str(tmp_path), "--dry-run", "--dry-run-arch", "MaskDiT-S/2",
-                 "--samples", "4", "--steps", "1", "--only", "^(release_cfg|sg-gs0.05-gw0.3-omega2)$",
+                 "--samples", "4", "--steps", "1", "--only", "^sg-gs0.05-gw0.3-omega2$",
                  "--device", "cpu", "--out", str(runs), "--reports", str(reports)])
     assert code == 0, capsys.readouterr().err
-    folder = runs / "maskdit256-dryrun"
-    for run, model in (("release_cfg", "guidance"), ("sg-gs0.05-gw0.3-omega2", "trained")):
-        manifest = json.loads((folder / run / "manifest.json").read_text())
-        assert manifest["complete"] and manifest["config"]["sampler"]["kind"] == "edm_heun"
-        assert manifest["config"]["models"][model]["arch"] == "MaskDiT-S/2"
-        assert json.loads((folder / run / "cost.json").read_text())["nfe"] == 2  # 1 EDM step, two branches
-    assert json.loads((folder / "sg-gs0.05-gw0.3-omega2" / "manifest.json").read_text()
-                      )["config"]["models"]["trained"]["dropped"] == "strong"
+    run = runs / "maskdit256-dryrun" / "sg-gs0.05-gw0.3-omega2"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["config"]["sampler"]["kind"] == "edm_heun"
+    assert manifest["config"]["models"]["trained"]["arch"] == "MaskDiT-S/2"
+    assert manifest["config"]["models"]["trained"]["dropped"] == "decoder"
+    assert json.loads((run / "cost.json").read_text())["nfe"] == 2  # 1 EDM step (Euler to sigma 0), two branches
+    with np.load(run / "samples-000000.npz") as shard:
+        assert shard["arr_0"].shape == (4, 256, 256, 3) and shard["arr_0"].std() > 10
     results = pd.read_csv(reports / "maskdit256-dryrun" / "results.csv")
-    assert set(results["run"]) == {"release_cfg", "sg-gs0.05-gw0.3-omega2"} and results["dry_run"].all()
+    assert list(results["run"]) == ["sg-gs0.05-gw0.3-omega2"] and results["dry_run"].all()
+    paper = {r.run_id: r.paper for r in load_suite(SUITES / "maskdit256.toml").runs if r.paper}
+    assert normalise_paper_map(paper) == {"release_cfg": [("maskdit", "MaskDiT-XL2_cfg1.5")],
+                                          "release_unguided": [("maskdit", "MaskDiT-XL2_unguided")]}
     with pytest.raises(HarnessError, match="same family"):
         load_dry_suite(SUITES / "maskdit256.toml", tmp_path, None, DryRun(arch="SiT-S/8"))

@@ -59,7 +59,8 @@ def flow(layout, official_state, tmp_path_factory) -> FlowModel:
     path = tmp_path_factory.mktemp("maskdit") / "2000000.pt"
     ckpt = {"model": {k: torch.zeros_like(v) for k, v in official_state.items()}, "ema": official_state,
             "opt": {"state": {}, "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "params": [0, 1]}]},
-            "args": argparse.Namespace(config="configs/train/imagenet256-latent.yaml", global_seed=0, no_amp=False)}
+            "args": argparse.Namespace(config="configs/train/imagenet256-latent.yaml", global_seed=0, no_amp=False,
+                                       seeds=list(range(100000, 100010)), ckpt_path=None, cfg_scale=None)}
     torch.save(ckpt, path)
     spec = ModelSpec("MaskDiT-S/2", str(path), sparsity="masking", overrides=_overrides(layout["config"]))
     return build_model(spec)

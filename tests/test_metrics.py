@@ -405,7 +405,9 @@ def test_missing_weights_offline_is_one_clear_error(tmp_path: Path, monkeypatch:
     monkeypatch.setenv(features.WEIGHTS_ENV, str(tmp_path / "nowhere.pth"))
     with pytest.raises(HarnessError, match="nowhere.pth"):
         InceptionExtractor("cpu")
-    assert adm_eval.main_adm_eval(["ref.npz", "samples.npz", "--device", "cpu"]) == 2
+    batch = tmp_path / "batch.npz"  # the inputs exist: the missing weights are what is reported
+    np.savez(batch, arr_0=np.zeros((2, 8, 8, 3), np.uint8))
+    assert adm_eval.main_adm_eval([str(batch), str(batch), "--device", "cpu"]) == 2
     assert "nowhere.pth" in capsys.readouterr().err
 
 

@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 # What a masked weak branch of a guided denoiser keeps at the positions it dropped: the network's own output there
-# ("decoder": the mask token's reconstruction, trained on other targets than the kept tokens) or the strong branch's
-# prediction ("strong": guidance acts on the weak branch's kept tokens only). Default: what measured better on the
-# testbed's masking twin (README, "Masked branches").
+# ("decoder": the decoder's output from the mask token, trained on other targets than the kept tokens) or the strong
+# branch's prediction ("strong": guidance acts on the weak branch's kept tokens only). Default: "decoder", which
+# measured better on the testbed's masking twin (README, "Masked branches").
 DROPPED = ("decoder", "strong")
-DEFAULT_DROPPED = "strong"
+DEFAULT_DROPPED = "decoder"
 
 
 def _dit_alphas_cumprod() -> torch.Tensor:
