@@ -1,0 +1,24 @@
+"""GenEval detector backends, by name: each maps an image to raw per-class detections (see base.Detector).
+
+Backends with heavy dependencies are imported on first use ("module:factory").
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from harness.errors import HarnessError
+from harness.metrics.detectors.base import Detections, Detector, check_image
+
+__all__ = ["DETECTORS", "Detections", "Detector", "build_detector", "check_image"]
+
+DETECTORS: dict[str, str] = {}
+
+
+def build_detector(name: str, **options: Any) -> Detector:
+    """Build a registered detector backend with its options (checkpoint path, device, ...)."""
+    if name not in DETECTORS:
+        raise HarnessError(f"unknown GenEval detector {name!r}; known: {', '.join(sorted(DETECTORS))}")
+    module, _, factory = DETECTORS[name].partition(":")
+    return getattr(importlib.import_module(module), factory)(**options)
