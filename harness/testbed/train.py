@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
@@ -32,7 +33,7 @@ from harness.models import ARCHS, ModelSpec
 from harness.models.adapters import TextCondition
 from harness.models.dit import SparseDiT, select_tokens
 from harness.models.textdit import TextDiT
-from harness.testbed import data, scenes, words
+from harness.testbed import data, detector, scenes, words
 from harness.testbed.featnet import ShapeNet
 
 ARCH = "Testbed-S/4"
@@ -174,6 +175,65 @@ def train_diffusion(sparsity: str, out: Path, steps: int, batch: int, seed: int,
             "seconds": round(time.time() - start), "log": log}
 
 
+def _degraded_scenes(n: int, rng: np.random.Generator) -> tuple[np.ndarray, list, list]:
+    """Training-grammar scenes with the faults samples have: a quarter with two objects run together, a tenth with
+    an object cut by a line, then _augment's blur, colour shift and noise. (uint8 images, coverages, shapes)."""
+    grammar = scenes.training_prompts()
+    objects = []
+    for tag in rng.integers(len(scenes.TASKS), size=n):
+        pool = grammar[scenes.TASKS[tag]]
+        objs = scenes.scene_objects(pool[rng.integers(len(pool))], rng)
+        if len(objs) >= 2 and rng.random() < 0.25:
+            a, b = objs[0], objs[1]
+            reach = 0.7 * (a["radius"] + b["radius"])
+            b["x"], b["y"] = (float(np.clip(a[k] + rng.uniform(-reach, reach), 4, scenes.IMAGE_SIZE - 4))
+                              for k in ("x", "y"))
+        objects.append(objs)
+    images, masks = scenes.render(objects, with_masks=True)
+    grid = np.mgrid[: scenes.IMAGE_SIZE, : scenes.IMAGE_SIZE][::-1] + 0.5  # (x, y)
+    for image, cover, objs in zip(images, masks, objects):
+        if rng.random() < 0.1:
+            o = objs[0]
+            normal = rng.normal(size=2)
+            side = ((grid[0] - o["x"]) * normal[0] + (grid[1] - o["y"]) * normal[1]) > rng.uniform(-0.3, 0.3) * o["radius"]
+            image[(cover[0] > 0) & side] = round(scenes.BACKGROUND * 255)
+            cover[0][side] = 0.0
+    x = _augment(torch.from_numpy(data.to_model_space(images)))
+    images = (x * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return images, masks, [[o["shape"] for o in objs] for objs in objects]
+
+
+def train_detector(out: Path, steps: int, batch: int, seed: int, device: torch.device, pool: int = 20_000) -> dict:
+    """Train the world detector's shape classifier on components of degraded scenes; returns held-out accuracy."""
+    torch.manual_seed(seed)
+    start = time.time()
+    x_all, y_all = detector.labelled_crops(*_degraded_scenes(pool, np.random.default_rng(seed)))
+    x_all, y_all = x_all.to(device), y_all.to(device)
+    net = detector.ShapeClassifier().to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    net.train()
+    for step in range(steps):
+        idx = torch.randint(len(x_all), (batch,), device=device)
+        loss = F.cross_entropy(net(x_all[idx]), y_all[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 200 == 0:
+            print(f"detector step {step} loss {loss.item():.4f}", flush=True)
+    net.eval()
+    x_test, y_test = detector.labelled_crops(*_degraded_scenes(4000, np.random.default_rng(scenes.REFERENCE_SEED)))
+    with torch.no_grad():
+        pred = net(x_test.to(device)).argmax(1).cpu()
+    _save(net.cpu(), out / "t2i_testbed_detector.safetensors")
+    acc = float((pred == y_test).float().mean())
+    print(f"detector held-out accuracy {acc:.4f} on {len(y_test)} components", flush=True)
+    return {"steps": steps, "batch": batch, "components": len(y_all), "heldout_accuracy": round(acc, 4),
+            "heldout_other_fraction": round(float((y_test == len(detector.LABELS) - 1).float().mean()), 4),
+            "seconds": round(time.time() - start)}
+
+
 def t2i_spec() -> ModelSpec:
     """The text-to-image testbed model, as suites/t2i_testbed.toml declares it."""
     return ModelSpec(T2I_ARCH, sparsity="routing", route=ROUTE)
@@ -278,7 +338,7 @@ def _cond_gap(model: SparseDiT) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["features", "routing", "masking", "t2i"], action="append")
+    parser.add_argument("--only", choices=["features", "routing", "masking", "t2i", "detector"], action="append")
     parser.add_argument("--steps", type=int, default=4000, help="diffusion training steps per model")
     parser.add_argument("--feature-steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=128)
@@ -295,15 +355,17 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     record_path = args.out / "testbed_record.json"
-    for part in args.only or ["features", "routing", "masking"]:
+    for part in args.only or ["features", "routing", "masking", "detector", "t2i"]:
         if part == "features":
             result = train_features(args.out, args.feature_steps, args.batch, args.seed, device, args.pool or 60_000)
+        elif part == "detector":
+            result = train_detector(args.out, args.feature_steps, 256, args.seed, device, args.pool or 20_000)
         elif part == "t2i":
             result = train_t2i(args.out, args.steps, args.batch, args.seed, args.lr, device, args.pool or 40_000)
         else:
             result = train_diffusion(part, args.out, args.steps, args.batch, args.seed, args.lr, device,
                                      args.pool or 100_000)
-        arch = {"features": "ShapeNet", "t2i": T2I_ARCH}.get(part, ARCH)
+        arch = {"features": "ShapeNet", "t2i": T2I_ARCH, "detector": "ShapeClassifier"}.get(part, ARCH)
         entry = {**result, "arch": arch, "seed": args.seed,
                         "command": " ".join(["python -m harness.testbed.train", *(sys.argv[1:] if argv is None
                                                                                     else argv)]),
@@ -314,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
             entry["config"] = {**ARCHS[T2I_ARCH], "sparsity": "routing", "route": list(ROUTE),
                                "train_gamma": TRAIN_GAMMA, "prompt_dropout": PROMPT_DROPOUT,
                                "text_encoder": {"vocab": len(words.VOCAB), "width": words.WIDTH, "depth": 2}}
-        elif part != "features":
+        elif part not in ("features", "detector"):
             entry["config"] = {**ARCHS[ARCH], "sparsity": part, "route": list(ROUTE) if part == "routing"
                                       else None, "train_gamma": TRAIN_GAMMA, "label_dropout": LABEL_DROPOUT}
         record = json.loads(record_path.read_text()) if record_path.exists() else {}  # parts may run in parallel

@@ -14,6 +14,7 @@ from harness.metrics.detectors.base import Detections, Detector, check_image
 __all__ = ["DETECTORS", "Detections", "Detector", "build_detector", "check_image"]
 
 DETECTORS: dict[str, str] = {}
+DETECTORS["testbed"] = "harness.testbed.detector:WorldDetector"  # the text-to-image testbed's world detector
 
 
 def build_detector(name: str, **options: Any) -> Detector:
