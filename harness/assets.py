@@ -30,7 +30,7 @@ from harness.errors import HarnessError
 
 MANIFEST = Path(__file__).resolve().parents[1] / "assets" / "manifest.toml"
 ASSETS_ENV = "HARNESS_ASSETS"
-KINDS = ("checkpoint", "vae", "reference", "samples", "inception")
+KINDS = ("checkpoint", "vae", "reference", "samples", "inception", "prompts")
 TORCH_HUB = "{torch_hub}"  # a path starting with this lies in torch.hub's cache folder
 CHUNK = 1 << 20
 HF_RESOLVE = "https://huggingface.co/{hub}/resolve/{revision}/{file}"

@@ -7,6 +7,7 @@ error (HarnessError) prints its message on stderr and exits with status 2, witho
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import sys
 from collections.abc import Sequence
@@ -23,6 +24,8 @@ DELEGATED = {
                  "ADM's evaluator.py in PyTorch: IS, FID, sFID, precision, recall of two batches"),
     "reference": ("harness.metrics.reference", "add_reference_parser",
                   "write an ADM-format reference batch from images"),
+    "export": ("harness.prompts.export", "add_export_parser",
+               "write a prompt run's images in GenEval's or HPSv3's folder layout"),
     "assets": ("harness.assets", "add_assets_parser",
                "real assets (checkpoints, VAEs, reference batches, Inception weights): status; --fetch downloads"),
 }
@@ -68,8 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     gen = sub.add_parser("generate", help="generate the samples of a suite's runs (resumable; torchrun-aware)")
     _suite_args(gen, samples=True)
-    ev = sub.add_parser("evaluate", help="compute the suite's metrics for each generated run (metrics.json)")
+    ev = sub.add_parser("evaluate", help="compute the suite's metrics for each generated run (metrics.json); or "
+                                         "score a folder in GenEval's or HPSv3's layout made by any generator")
     _suite_args(ev, samples=False)
+    ev.add_argument("--metrics", metavar="M[,M]", help="with a sample folder: geneval, hpsv3, clip_score (default: "
+                                                       "geneval for GenEval's layout, hpsv3 for HPSv3's)")
     bench = sub.add_parser("bench", help="generate, measure cost, evaluate and report a suite")
     _suite_args(bench, samples=True)
     bench.add_argument("--reports", metavar="DIR", help="reports folder (default: ROOT/reports)")
@@ -143,6 +149,16 @@ def evaluate_runs(suite, runs, runs_root: Path, device: str | None, dry=None) ->
     if not suite.metrics:
         print(f"{suite.path}: [suite] metrics is empty; nothing to evaluate", file=sys.stderr)
         return
+    from harness.metrics.t2i import is_prompt_metric
+
+    if any(is_prompt_metric(m) for m in suite.metrics):  # text-to-image: scored from images and prompts
+        from harness.metrics.t2i_stage import evaluate_prompt_runs
+
+        evaluate_prompt_runs(suite, runs, runs_root, device, dry)
+        suite = dataclasses.replace(suite, metrics=tuple(m for m in suite.metrics if not is_prompt_metric(m)))
+        runs = [dataclasses.replace(r, metrics=tuple(m for m in r.metrics if not is_prompt_metric(m))) for r in runs]
+        if not suite.metrics:
+            return
     if suite.reference is None:
         raise HarnessError(f"{suite.path}: [suite] field 'reference' is needed to evaluate {list(suite.metrics)}")
     missing = [r.run_id for r in runs if not (run_dir_of(runs_root, r) / MANIFEST).is_file()]
@@ -164,7 +180,11 @@ def evaluate_runs(suite, runs, runs_root: Path, device: str | None, dry=None) ->
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """`harness evaluate SUITE`: metrics.json for each selected run."""
+    """`harness evaluate SUITE`: metrics.json for each selected run; `harness evaluate FOLDER`: a sample folder."""
+    if Path(args.suite).is_dir():
+        from harness.metrics.t2i_stage import evaluate_sample_folder
+
+        return evaluate_sample_folder(Path(args.suite), args.metrics, args.out, args.device, args.dry_run)
     suite, runs, dry = _load(args)
     evaluate_runs(suite, runs, _runs_root(args, suite), args.device, dry)
     return 0

@@ -176,7 +176,8 @@ def measure_throughput(
         _sync(device)
         start = time.perf_counter()
         generators = make_generators(seeds)
-        labels = draw_labels(generators, main.num_classes).to(device)
+        count = getattr(main.conditions, "num_prompts", None) or main.num_classes  # prompts of a text model
+        labels = draw_labels(generators, count).to(device)
         noise = draw_noise(generators, shape).to(device)
         _sync(device)
         begin = time.perf_counter()

@@ -153,6 +153,13 @@ def run_labels(run: Run, num_classes: int) -> np.ndarray | None:
     return None
 
 
+def prompt_labels(run: Run) -> np.ndarray:
+    """The labels of a prompt run's images: image i gets prompt i // images_per_prompt."""
+    from harness.prompts import prompt_indices
+
+    return prompt_indices(run.samples, run.images_per_prompt)
+
+
 def _git_commit(root: Path) -> str | None:
     """HEAD of the git checkout holding `root`, with `-dirty` when tracked files changed; None outside git."""
     try:
@@ -278,6 +285,31 @@ class ModelCache:
         self.root = root
         self.models: dict[str, FlowModel] = {}
         self.decoders: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+        self.prompt_sets: dict[str, Any] = {}  # harness.prompts.PromptSet by a suite's `prompts`
+        self.encoded: dict[tuple[str, str], Any] = {}  # PromptConditions by (model key, prompts)
+
+    def run_models(self, run: Run, cache_dir: Path) -> dict[str, FlowModel]:
+        """The models of a run by role; for a prompt run each gets the prompt set encoded by its text encoder
+        (once per model key and prompt set, cached as a file in `cache_dir`)."""
+        models = {role: self.model(run.model_keys[role], spec) for role, spec in run.models.items()}
+        if run.prompts is None:
+            return models
+        from harness.prompts import load_prompts
+        from harness.prompts.encode import prompt_conditions
+
+        if run.prompts not in self.prompt_sets:
+            self.prompt_sets[run.prompts] = load_prompts(run.prompts, self.root)
+        prompts = self.prompt_sets[run.prompts]
+        if run.samples > len(prompts) * run.images_per_prompt:
+            raise HarnessError(f"run {run.run_id!r}: {run.samples} images need "
+                               f"{-(-run.samples // run.images_per_prompt)} prompts at {run.images_per_prompt} "
+                               f"per prompt; prompt set {run.prompts!r} has {len(prompts)}")
+        for role, spec in run.models.items():
+            key = (run.model_keys[role], run.prompts)
+            if key not in self.encoded:
+                self.encoded[key] = prompt_conditions(spec, prompts, self.device, cache_dir, self.root)
+            models[role].conditions = self.encoded[key]
+        return models
 
     def model(self, key: str, spec: ModelSpec) -> FlowModel:
         """The model of [models.<key>]; without a checkpoint its random weights are seeded from the key, so every
@@ -374,9 +406,9 @@ def generate_run(run: Run, run_dir: Path, cache: ModelCache, env: dict[str, Any]
         write_json(run_dir / MANIFEST, make_manifest(run, env, dry_run, complete=False))
     distributed.barrier()
 
-    models = {role: cache.model(run.model_keys[role], spec) for role, spec in run.models.items()}
+    models = cache.run_models(run, run_dir.parent)
     decode = cache.decoder(run.models["main"].vae)
-    all_labels = run_labels(run, models["main"].num_classes)
+    all_labels = prompt_labels(run) if run.prompts else run_labels(run, models["main"].num_classes)
     mine = rank_shards(plan_shards(run.samples, run.batch_size), rank, world)
     expected = {s.start: (all_labels[s.start:s.stop] if all_labels is not None else None) for s in mine}
     todo = [s for s in mine if not shard_is_valid(shard_path(run_dir, s.start), s, expected[s.start])]
@@ -458,7 +490,7 @@ def measure_costs(runs: Sequence[Run], runs_root: str | Path, device: str | None
             old = json.loads(path.read_text())
             if old.get("config_hash") == run.config_hash and old.get("device") == device_name(dev):
                 continue
-        models = {role: cache.model(run.model_keys[role], spec) for role, spec in run.models.items()}
+        models = cache.run_models(run, path.parent.parent)
         cost = {**run_cost(run.models, run.guidance, run.sampler),
                 **measure_throughput(models, run.guidance, run.sampler, run.batch_size, dev,
                                      decode=cache.decoder(run.models["main"].vae), warmup=warmup, repeats=repeats),

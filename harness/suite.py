@@ -58,6 +58,8 @@ class SuiteTable(_Table):
     labels: Literal["uniform", "balanced"] = "uniform"
     metrics: list[str] = []
     reference: str | None = None
+    prompts: str | None = None  # text-to-image: "geneval", "hpsv3" or a .txt / .jsonl file (harness.prompts)
+    images_per_prompt: int | None = Field(None, ge=1)  # default: the prompt set's (GenEval 4, others 1)
 
 
 class SamplerTable(_Table):
@@ -106,6 +108,8 @@ class ModelTable(_Table):
     decoder_hidden_size: _Pos | None = None
     decoder_depth: _Pos | None = None
     decoder_num_heads: _Pos | None = None
+    text_encoder: str | None = None  # a harness.models.text_encoders name (text-conditioned models)
+    text_encoder_options: dict[str, Any] | None = None
 
     @field_validator("arch")
     @classmethod
@@ -118,7 +122,8 @@ class ModelTable(_Table):
 
     def overrides(self) -> dict[str, Any]:
         """The DiTConfig fields (and convention) this table sets over its architecture's preset."""
-        skip = {"arch", "checkpoint", "sparsity", "route", "vae", "cfg_channels"}
+        skip = {"arch", "checkpoint", "sparsity", "route", "vae", "cfg_channels", "text_encoder",
+                "text_encoder_options"}
         return {k: v for k, v in self.model_dump().items() if k not in skip and v is not None}
 
 
@@ -239,6 +244,8 @@ class Run:
     paper: tuple[str, ...]
     config: dict[str, Any]
     config_hash: str
+    prompts: str | None = None  # a built-in prompt set name or an absolute file path (text-to-image)
+    images_per_prompt: int = 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -257,6 +264,8 @@ class Suite:
     sampler: SamplerSpec
     models: dict[str, ModelSpec]
     runs: tuple[Run, ...]
+    prompts: str | None = None
+    images_per_prompt: int = 1
 
     def select(self, pattern: str | None) -> list[Run]:
         """The runs whose id matches the regular expression `pattern` (re.search); all runs for None."""
@@ -388,11 +397,12 @@ def load_suite(path: str | Path, root: str | Path | None = None, samples: int | 
     if samples is not None and samples < 1:
         raise HarnessError(f"--samples {samples}: must be >= 1")
     models = {key: _model_spec(key, table, root, where) for key, table in doc.models.items()}
+    prompts = _check_prompts(doc, models, root, samples, where)
     sampler = SamplerSpec(**doc.sampler.model_dump())
     runs: list[Run] = []
     seen: dict[str, int] = {}
     for index, table in enumerate(doc.runs):
-        for run in _expand(index, table, doc, models, root, samples, where):
+        for run in _expand(index, table, doc, models, root, samples, where, prompts):
             if run.run_id in seen:
                 raise where.error(where.run(index, run.run_id), "name",
                                   f"run id {run.run_id!r} is also produced by [[runs]] #{seen[run.run_id] + 1}; "
@@ -402,7 +412,44 @@ def load_suite(path: str | Path, root: str | Path | None = None, samples: int | 
     s = doc.suite
     return Suite(path=path, root=root, name=s.name, samples=s.samples, batch_size=s.batch_size, seed=s.seed,
                  labels=s.labels, metrics=tuple(s.metrics), reference=_resolve_reference(s.reference, root),
-                 sampler=sampler, models=models, runs=tuple(runs))
+                 sampler=sampler, models=models, runs=tuple(runs), prompts=prompts[0], images_per_prompt=prompts[1])
+
+
+def _check_prompts(doc: SuiteFile, models: dict[str, ModelSpec], root: Path, samples: int | None,
+                   where: _Where) -> tuple[str | None, int]:
+    """(prompt set as stored in runs, images per prompt): a text suite's models need a text encoder and a class
+    suite's must not have one; a prompt file is read now, so a bad line stops the suite before any work."""
+    from harness.prompts import default_images_per_prompt, load_prompts, resolve_prompts
+    from harness.models.text_encoders import TEXT_ENCODERS
+
+    s = doc.suite
+    for key, table in doc.models.items():
+        if table.text_encoder is not None and table.text_encoder not in TEXT_ENCODERS:
+            raise where.error(f"[models.{key}]", "text_encoder", f"unknown text encoder {table.text_encoder!r}; "
+                                                                 f"known: {', '.join(sorted(TEXT_ENCODERS))}")
+        if s.prompts is None and table.text_encoder is not None:
+            raise where.error(f"[models.{key}]", "text_encoder", "only a suite with [suite] prompts conditions on "
+                                                                 "text; name a prompt set or remove this field")
+    if s.prompts is None:
+        if s.images_per_prompt is not None:
+            raise where.error("[suite]", "images_per_prompt", "only applies with [suite] prompts")
+        return None, 1
+    if "labels" in where.data["suite"]:
+        raise where.error("[suite]", "labels", "a prompt suite's labels are its prompt indices; remove this field")
+    used = {r.model for r in doc.runs} | {k for r in doc.runs for k in r.weak_model or []}
+    for key in sorted(used & set(models)):
+        if doc.models[key].text_encoder is None:
+            raise where.error(f"[models.{key}]", "text_encoder", "a prompt suite's models need a text encoder "
+                                                                 "(e.g. text_encoder = \"random\" for tests)")
+    prompts = resolve_prompts(s.prompts, root)
+    per_prompt = s.images_per_prompt or default_images_per_prompt(s.prompts)
+    if prompts != "hpsv3":  # GenEval's file or a user's, read now (HPSv3's asset is checked before generation)
+        count = len(load_prompts(prompts, root))
+        wanted = samples or max([s.samples, *(r.samples or 0 for r in doc.runs)])
+        if wanted > count * per_prompt:
+            raise where.error("[suite]", "samples", f"{wanted} images need {-(-wanted // per_prompt)} prompts at "
+                                                    f"{per_prompt} per prompt; prompt set {s.prompts!r} has {count}")
+    return prompts, per_prompt
 
 
 def _with_steps(data: dict[str, Any], steps: int) -> dict[str, Any]:
@@ -434,7 +481,8 @@ def _model_spec(key: str, table: ModelTable, root: Path, where: _Where) -> Model
     where_m = f"[models.{key}]"
     checkpoint = _resolve(table.checkpoint, root)
     spec = ModelSpec(arch=table.arch, checkpoint=str(checkpoint) if checkpoint else None, sparsity=table.sparsity,
-                     route=tuple(table.route) if table.route else None, vae=table.vae, overrides=table.overrides())
+                     route=tuple(table.route) if table.route else None, vae=table.vae, overrides=table.overrides(),
+                     text_encoder=table.text_encoder, text_encoder_options=dict(table.text_encoder_options or {}))
     depth = {**ARCHS[table.arch], **spec.overrides}["depth"]
     if table.sparsity == "routing" and table.route is None:
         raise where.error(where_m, "route", "sparsity 'routing' needs a route [first, last] (0-based block indices)")
@@ -477,7 +525,7 @@ def _id_part(axis: str, value: Any) -> str:
 
 
 def _expand(index: int, table: RunTable, doc: SuiteFile, models: dict[str, ModelSpec], root: Path,
-            samples_override: int | None, where: _Where) -> list[Run]:
+            samples_override: int | None, where: _Where, prompts: tuple[str | None, int] = (None, 1)) -> list[Run]:
     """The runs of one [[runs]] entry: the product of its list-valued fields, each checked and resolved."""
     raw = where.data["runs"][index]
     name = where.run(index)
@@ -508,12 +556,13 @@ def _expand(index: int, table: RunTable, doc: SuiteFile, models: dict[str, Model
     for values in itertools.product(*axes.values()):
         point = dict(zip(axes, values))
         run_id = "-".join([table.name] + [_id_part(a, point[a]) for a in grid])
-        runs.append(_resolve_run(run_id, index, table, point, doc, models, root, samples_override, where))
+        runs.append(_resolve_run(run_id, index, table, point, doc, models, root, samples_override, where, prompts))
     return runs
 
 
 def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any], doc: SuiteFile,
-                 models: dict[str, ModelSpec], root: Path, samples_override: int | None, where: _Where) -> Run:
+                 models: dict[str, ModelSpec], root: Path, samples_override: int | None, where: _Where,
+                 prompts: tuple[str | None, int] = (None, 1)) -> Run:
     """One grid point of a run: cross-field checks, GuidanceSpec, resolved config and its hash."""
     name = where.run(index, run_id)
     method = table.method
@@ -543,7 +592,7 @@ def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any]
         main_cfg, _ = models[keys["main"]].config()
         weak_cfg, _ = models[keys["weak"]].config()
         for attr in _SAME_SPACE:
-            if getattr(main_cfg, attr) != getattr(weak_cfg, attr):
+            if getattr(main_cfg, attr, None) != getattr(weak_cfg, attr, None):
                 raise where.error(name, "weak_model", f"models {keys['main']!r} and {keys['weak']!r} differ in "
                                                       f"{attr} ({getattr(main_cfg, attr)} vs "
                                                       f"{getattr(weak_cfg, attr)}); AG needs the same data space")
@@ -569,8 +618,13 @@ def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any]
                 "cfg_channels": channels if METHODS[method] is not None else None, "samples": samples,
                 "paper": list(table.paper or [])},
     }
+    if prompts[0] is not None:  # only text suites carry these, so class suites keep their config hashes
+        config["suite"].update(prompts=prompts[0], images_per_prompt=prompts[1])
+        for key, t in model_tables.items():
+            config["models"][key].update(text_encoder=t.text_encoder, text_encoder_options=t.text_encoder_options)
     return Run(suite=s.name, run_id=run_id, name=table.name, method=method,
                models={role: models[k] for role, k in keys.items()}, model_keys=keys, guidance=guidance,
                sampler=SamplerSpec(**sampler), samples=samples, batch_size=s.batch_size,
                seed=seed, labels=s.labels, metrics=tuple(s.metrics), reference=_resolve_reference(s.reference, root),
-               paper=tuple(table.paper or []), config=config, config_hash=config_hash(config))
+               paper=tuple(table.paper or []), config=config, config_hash=config_hash(config), prompts=prompts[0],
+               images_per_prompt=prompts[1])

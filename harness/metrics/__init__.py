@@ -48,14 +48,14 @@ class MetricSpec:
     higher_is_better: bool
     extractor: str
     feature: str
-    kind: str  # "fd" | "is" | "precision" | "recall" | "class_acc"
+    kind: str  # "fd" | "is" | "precision" | "recall" | "class_acc" | "prompt" (images + prompts, harness.metrics.t2i)
     description: str = ""
 
 
 FEATURE_EXTRACTORS: dict[str, ExtractorSpec] = {}
 METRICS: dict[str, MetricSpec] = {}
 
-METRIC_KINDS = ("fd", "is", "precision", "recall", "class_acc")
+METRIC_KINDS = ("fd", "is", "precision", "recall", "class_acc", "prompt")
 # Extractors registered by modules that this package must not import eagerly: imported on first use.
 _PLUGINS = {"testbed": "harness.testbed.features"}
 # Built-in reference images, `<name>:<count>` in a suite: "module:function" returning uint8 NHWC for a count.
@@ -68,7 +68,7 @@ def register_metric(spec: MetricSpec) -> MetricSpec:
     """Add a metric; names are unique and kinds must be ones evaluate_run knows how to compute."""
     if spec.name in METRICS:
         raise ValueError(f"metric {spec.name!r} is already registered")
-    if spec.kind not in METRIC_KINDS or spec.feature not in FEATURE_KEYS:
+    if spec.kind not in METRIC_KINDS or (spec.feature not in FEATURE_KEYS and spec.kind != "prompt"):
         raise ValueError(f"metric {spec.name!r}: kind must be one of {METRIC_KINDS}, feature one of {FEATURE_KEYS}")
     METRICS[spec.name] = spec
     return spec
@@ -166,3 +166,7 @@ register_metric(MetricSpec("is", True, "inception", "logits", "is", "Inception s
 register_metric(MetricSpec("precision", True, "inception", "pool", "precision", "ADM precision, k=3"))
 register_metric(MetricSpec("recall", True, "inception", "pool", "recall", "ADM recall, k=3"))
 register_metric(MetricSpec("class_acc", True, "testbed", "logits", "class_acc", "testbed classifier accuracy"))
+# Text-to-image metrics: computed from the images and their prompts (harness.metrics.t2i), no reference batch.
+register_metric(MetricSpec("geneval", True, "", "", "prompt", "GenEval overall: mean of its six task scores"))
+register_metric(MetricSpec("hpsv3", True, "", "", "prompt", "HPSv3 reward: mean of the category means"))
+register_metric(MetricSpec("clip_score", True, "", "", "prompt", "CLIP score: 100 x cosine, clipped at 0"))

@@ -72,6 +72,8 @@ class ModelSpec:
     route: tuple[int, int] | None = None
     vae: str | None = None
     overrides: dict = field(default_factory=dict)  # e.g. learn_sigma, num_classes, input_size, convention
+    text_encoder: str | None = None  # a TEXT_ENCODERS name, for text-conditioned networks
+    text_encoder_options: dict = field(default_factory=dict)
 
     def config(self):
         """The family's config (a frozen dataclass; DiTConfig for DiT/SiT) and the convention name."""

@@ -102,7 +102,9 @@ class FlowModel(nn.Module):
             raise KeyError(f"unknown convention {convention!r}; known: {', '.join(CONVENTIONS)}")
         self.net = net
         self.convention = convention
-        self.conditions = conditions if conditions is not None else ClassConditions(net.config.num_classes)
+        if conditions is None and hasattr(net.config, "num_classes"):
+            conditions = ClassConditions(net.config.num_classes)
+        self.conditions = conditions  # a text-conditioned network gets PromptConditions from the runner
         if convention == "dit":
             abar = _dit_alphas_cumprod()
             self.register_buffer("log_snr", torch.log(abar / (1 - abar)).float().flip(0), persistent=False)
@@ -146,6 +148,9 @@ class FlowModel(nn.Module):
                 ids = torch.cat([ids, ids[:1].expand(pad, -1)])
             if generators is not None:
                 generators = [*generators, *(torch.Generator().manual_seed(0) for _ in range(pad))]
+        if self.conditions is None:
+            raise RuntimeError("this network conditions on text: set model.conditions to the prompt set's "
+                               "PromptConditions first (harness.prompts.encode.prompt_conditions)")
         cond = self.conditions.resolve(cond)
         channels = self.net.config.in_channels
         if self.convention == "sit":

@@ -1,0 +1,264 @@
+"""Text-to-image metrics of a run or of a folder in an official layout: `geneval`, `hpsv3`, `clip_score`.
+
+Each scorer takes the samples (harness.prompts.layouts.Sample: filename in the official layout, prompt index,
+image loader), their PromptSet, an output folder and its options, and returns metrics.json columns:
+- geneval: per image, a detector backend (harness.metrics.detectors) gives raw detections, the colour step
+  (harness.metrics.geneval_color) colours the objects the rules read, and `judge`'s rules decide; writes the
+  official results.jsonl and returns `geneval` (mean of the six task scores), `geneval_<task>`, and
+  `geneval_detector` (the backend that made them).
+- hpsv3: the images in HPSv3's layout (written under the output folder when they come from a run), scored by the
+  HPSv3 worker; `hpsv3` = mean of the category means as benchmark.py reports it, `hpsv3_<category>` each.
+- clip_score: open-clip, 100 x cosine of image and prompt embeddings clipped at 0, averaged over images.
+Options by metric name (`options["geneval"]`, ...) choose models; a dry run passes random ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from harness.errors import HarnessError
+from harness.prompts.layouts import (
+    READERS, Sample, detect_layout, geneval_name, hpsv3_name, per_prompt_positions, write_hpsv3,
+)
+from harness.prompts.sets import PromptSet
+
+RESULTS_FILE = "results.jsonl"  # GenEval's per-image results, official format
+METRICS_FILE = "metrics.json"
+CLIP_MODEL = ("ViT-L-14", "openai")
+HPSV3_FOLDER = "hpsv3"  # a run's images in HPSv3's layout, for the worker
+
+
+#################################################################################
+#                             Samples of a run                                  #
+#################################################################################
+
+
+class _ShardCache:
+    """Reads one shard at a time: samples are visited in index order, so each shard is read once."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self.images: np.ndarray | None = None
+
+    def image(self, path: Path, row: int) -> np.ndarray:
+        if path != self.path:
+            with np.load(path, allow_pickle=False) as data:
+                self.images, self.path = data["arr_0"], path
+        return self.images[row]
+
+
+def run_samples(run_dir: Path, prompts: PromptSet, layout: str = "geneval") -> list[Sample]:
+    """The samples of a run, prompt = the label its shard stores, named as in GenEval's or HPSv3's layout."""
+    from harness.metrics.evaluate import list_shards
+
+    cache = _ShardCache()
+    rows: list[tuple[Path, int, int]] = []
+    for shard in list_shards(run_dir):
+        with np.load(shard, allow_pickle=False) as data:
+            rows += [(shard, r, int(label)) for r, label in enumerate(data["labels"].tolist())]
+    labels = np.array([label for _, _, label in rows], dtype=np.int64)
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(prompts)):
+        raise HarnessError(f"{run_dir}: labels outside the {len(prompts)} prompts of {prompts.name!r}; was it "
+                           "generated from another prompt set?")
+    positions = per_prompt_positions(labels)
+    samples = []
+    for i, ((shard, row, label), k) in enumerate(zip(rows, positions.tolist())):
+        name = geneval_name(label, k) if layout == "geneval" else hpsv3_name(prompts, label, i)
+        samples.append(Sample(name, label, lambda s=shard, r=row: cache.image(s, r)))
+    return samples
+
+
+#################################################################################
+#                                   Scorers                                     #
+#################################################################################
+
+
+def _needs_geneval_metadata(prompts: PromptSet) -> None:
+    bad = next((i for i, m in enumerate(prompts.metadata) if "tag" not in m or "include" not in m), None)
+    if bad is not None:
+        raise HarnessError(f"geneval needs GenEval metadata (tag, include) for every prompt; prompt {bad} of "
+                           f"{prompts.name!r} ({prompts.prompts[bad]!r}) has none")
+
+
+def _geneval_models(options: Mapping[str, Any], device: torch.device) -> tuple[Any, Callable]:
+    """(detector backend, colour classifier) from options: given objects, or built from names."""
+    detector = options.get("detector_object")
+    if detector is None:
+        from harness.metrics.detectors import build_detector
+
+        detector = build_detector(options.get("detector", "mmdet"), **dict(options.get("detector_options", {})))
+    classify = options.get("classify")
+    if classify is None:
+        from harness.metrics.geneval_color import ColorClassifier, load_clip
+
+        classify = ColorClassifier(*load_clip(device=device), device=device)
+    return detector, classify
+
+
+def score_geneval(samples: Sequence[Sample], prompts: PromptSet, out_dir: Path, device: torch.device,
+                  options: Mapping[str, Any]) -> dict[str, Any]:
+    """GenEval: results.jsonl in out_dir (official format plus the detector name) and the summary columns."""
+    from harness.metrics.geneval import color_requests, result_record, summarize, write_results
+
+    _needs_geneval_metadata(prompts)
+    detector, classify = _geneval_models(options, device)
+    records = []
+    for sample in samples:
+        image = sample.load()
+        metadata = prompts.metadata[sample.prompt]
+        detections = detector.detect(image)
+        for classname, objects in color_requests(metadata, detections).items():  # the colour step
+            for obj, color in zip(objects, classify(image, classname, objects)):
+                obj["color"] = color
+        records.append(result_record(sample.filename, metadata, detections, detector=detector.name))
+    write_results(records, Path(out_dir) / RESULTS_FILE)
+    return {**summarize(records), "geneval_detector": detector.name}
+
+
+def category_column(category: str) -> str:
+    """`hpsv3_<category>`: lowercase, non-alphanumerics as underscores (Natural Scenery -> natural_scenery)."""
+    return "hpsv3_" + re.sub(r"[^a-z0-9]+", "_", category.lower()).strip("_")
+
+
+def score_hpsv3(samples: Sequence[Sample], prompts: PromptSet, out_dir: Path, device: torch.device,
+                options: Mapping[str, Any], folder: Path | None = None) -> dict[str, Any]:
+    """HPSv3: mu per image from the worker; per-category means and their unweighted mean (benchmark.py's OVERALL).
+
+    The worker reads files: images of a run are written in HPSv3's layout under out_dir/hpsv3 first (`folder`
+    is given when the samples already lie in that layout)."""
+    if folder is None:
+        folder = Path(out_dir) / HPSV3_FOLDER
+        labels = np.array([s.prompt for s in samples], dtype=np.int64)
+        write_hpsv3((s.load() for s in samples), labels, prompts, folder)
+        paths = [folder / hpsv3_name(prompts, s.prompt, i) for i, s in enumerate(samples)]
+    else:
+        paths = [Path(folder) / s.filename for s in samples]
+    scorer = options.get("scorer")
+    if scorer is None:
+        from harness.metrics.hpsv3 import hpsv3_scorer
+
+        scorer = hpsv3_scorer(device=device, **dict(options.get("worker_options", {})))
+    texts = [prompts.prompts[s.prompt] for s in samples]
+    rewards = np.asarray(scorer(image_paths=[str(p) for p in paths], prompts=texts), dtype=np.float64)
+    by_category: dict[str, list[float]] = {}
+    for sample, reward in zip(samples, rewards.tolist()):
+        category = prompts.metadata[sample.prompt].get("category", "all")
+        by_category.setdefault(str(category), []).append(reward)
+    out = {category_column(c): float(np.mean(v)) for c, v in by_category.items()}
+    out["hpsv3"] = float(np.mean([np.mean(v) for v in by_category.values()]))
+    _write_jsonl(Path(out_dir) / "hpsv3_scores.jsonl",
+                 [{"filename": s.filename, "prompt": t, "reward": r} for s, t, r in zip(samples, texts, rewards.tolist())])
+    return out
+
+
+@torch.no_grad()
+def clip_scores(model: torch.nn.Module, transform: Callable, tokenizer: Callable, images: Sequence[np.ndarray],
+                texts: Sequence[str], device: torch.device, batch: int = 32) -> np.ndarray:
+    """max(100 cos(image, text), 0) per pair (Hessel et al.'s CLIPScore with w = 100, as torchmetrics)."""
+    from PIL import Image
+
+    out = []
+    for start in range(0, len(images), batch):
+        pixels = torch.stack([transform(Image.fromarray(im)) for im in images[start:start + batch]]).to(device)
+        tokens = tokenizer(list(texts[start:start + batch])).to(device)
+        a = torch.nn.functional.normalize(model.encode_image(pixels).float(), dim=-1)
+        b = torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1)
+        out.append((100 * (a * b).sum(-1)).clamp(min=0).cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def score_clip(samples: Sequence[Sample], prompts: PromptSet, out_dir: Path, device: torch.device,
+               options: Mapping[str, Any]) -> dict[str, Any]:
+    """Mean CLIP score of the samples with their prompts (open-clip model `model` / `pretrained`, ViT-L-14/openai
+    by default)."""
+    clip = options.get("clip")
+    if clip is None:
+        from harness.metrics.geneval_color import load_clip
+
+        arch, pretrained = options.get("model", CLIP_MODEL[0]), options.get("pretrained", CLIP_MODEL[1])
+        clip = load_clip(arch, pretrained, device=device)
+    model, transform, tokenizer = clip
+    model = model.eval().to(device)
+    scores = []
+    for start in range(0, len(samples), 64):
+        chunk = samples[start:start + 64]
+        scores.append(clip_scores(model, transform, tokenizer, [s.load() for s in chunk],
+                                  [prompts.prompts[s.prompt] for s in chunk], device))
+    values = np.concatenate(scores) if scores else np.zeros(0)
+    return {"clip_score": float(values.mean()), "clip_score_model": options.get("name", "/".join(CLIP_MODEL))}
+
+
+# Metrics computed from images and their prompts (no reference batch), by name.
+SCORERS: dict[str, Callable[..., dict[str, Any]]] = {"geneval": score_geneval, "hpsv3": score_hpsv3,
+                                                      "clip_score": score_clip}
+
+
+#################################################################################
+#                          Runs and external folders                            #
+#################################################################################
+
+
+def _write_jsonl(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def _merge_metrics(path: Path, values: Mapping[str, Any]) -> None:
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    merged.update(values)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def score(names: Sequence[str], samples: Sequence[Sample], prompts: PromptSet, out_dir: Path,
+          device: torch.device | str = "cpu", options: Mapping[str, Mapping[str, Any]] | None = None,
+          hpsv3_folder: Path | None = None) -> dict[str, Any]:
+    """Every named text-to-image metric of `samples`, written into out_dir/metrics.json (merged)."""
+    device = torch.device(device)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    for name in names:
+        opts = dict((options or {}).get(name, {}))
+        if name == "hpsv3":
+            results.update(score_hpsv3(samples, prompts, out_dir, device, opts, folder=hpsv3_folder))
+        else:
+            results.update(SCORERS[name](samples, prompts, out_dir, device, opts))
+    _merge_metrics(out_dir / METRICS_FILE, results)
+    return results
+
+
+def evaluate_prompt_run(run_dir: Path, names: Sequence[str], prompts: PromptSet, device: torch.device | str = "cpu",
+                        options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The text-to-image metrics of one generated run (its shards' labels are prompt indices)."""
+    layout = "geneval" if "geneval" in names else "hpsv3"
+    return score(names, run_samples(Path(run_dir), prompts, layout), prompts, Path(run_dir), device, options)
+
+
+def evaluate_folder(folder: Path, names: Sequence[str], out_dir: Path | None = None,
+                    device: torch.device | str = "cpu",
+                    options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The metrics of a folder in GenEval's or HPSv3's layout written by any generator (results go to `out_dir`,
+    default the folder itself)."""
+    folder = Path(folder)
+    layout = detect_layout(folder)
+    unknown = [n for n in names if n not in SCORERS]
+    if unknown:
+        raise HarnessError(f"{folder}: a sample folder is scored with {', '.join(SCORERS)}; not {', '.join(unknown)}")
+    if "geneval" in names and layout != "geneval":
+        raise HarnessError(f"{folder}: geneval needs GenEval's layout (<index:05>/metadata.jsonl), found {layout}'s")
+    prompts, samples = READERS[layout](folder)
+    return score(names, samples, prompts, out_dir or folder, device, options,
+                 hpsv3_folder=folder if layout == "hpsv3" else None)
+
+
+def is_prompt_metric(name: str) -> bool:
+    return name in SCORERS

@@ -1,0 +1,233 @@
+"""Prompt sets and text-conditioned generation: files, GenEval's checked data, the HPSv3 asset, suite fields, the
+prompt-state cache, and image i = prompt i // images_per_prompt, seed + i, for any batch size and process count."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from harness.errors import HarnessError
+from harness.prompts import load_prompts, read_prompt_file
+from harness.prompts import geneval as geneval_module
+from harness.prompts.hpsv3 import CATEGORIES, category_file, hpsv3_prompts
+from harness.runner import generate_suite
+from harness.suite import load_suite
+
+PROMPTS = ["a red cube", "two blue balls", "a green ring above a cat", "a dog", "a yellow star"]
+
+
+def tiny_textdit_checkpoint(path: Path) -> Path:
+    """TextDiT-Tiny weights drawn at random, all non-zero (its adaLN-Zero init alone would predict zero)."""
+    from safetensors.torch import save_file
+
+    from harness.models import FAMILIES, ModelSpec
+
+    config, _ = ModelSpec("TextDiT-Tiny", sparsity="routing", route=(0, 1)).config()
+    gen = torch.Generator().manual_seed(0)
+    net = FAMILIES["textdit"].network(config)
+    save_file({k: torch.randn(v.shape, generator=gen) * 0.1 for k, v in net.state_dict().items()}, str(path))
+    return path
+
+
+def text_suite(folder: Path, checkpoint: Path | None, prompts: str = "prompts.txt", samples: int = 10,
+               batch_size: int = 4, extra: str = "", method: str = "cfg+sg") -> Path:
+    (folder / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    ckpt = f'checkpoint = "{checkpoint}"' if checkpoint else ""
+    path = folder / "suite.toml"
+    path.write_text(f"""\
+[suite]
+name = "t2i"
+samples = {samples}
+batch_size = {batch_size}
+seed = 3
+prompts = "{prompts}"
+images_per_prompt = 2
+{extra}
+[sampler]
+steps = 2
+
+[models.main]
+arch = "TextDiT-Tiny"
+{ckpt}
+sparsity = "routing"
+route = [0, 1]
+text_encoder = "random"
+text_encoder_options = {{ dim = 16, length = 8 }}
+
+[[runs]]
+name = "g"
+method = "{method}"
+gamma_strong = 0.25
+gamma_weak = 0.5
+omega = 2.0
+""".replace('method = "icg"\ngamma_strong = 0.25\ngamma_weak = 0.5', 'method = "icg"'))
+    return path
+
+
+def run_arrays(runs: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    parts = [np.load(p) for p in sorted((runs / "t2i" / "g").glob("samples-*.npz"))]
+    return tuple(np.concatenate([p[k] for p in parts]) for k in ("indices", "arr_0", "labels"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return tiny_textdit_checkpoint(tmp_path_factory.mktemp("w") / "textdit_tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, checkpoint) -> Path:
+    folder = tmp_path_factory.mktemp("ref")
+    suite = load_suite(text_suite(folder, checkpoint), root=folder)
+    generate_suite(suite, runs_root=folder / "runs", device="cpu")
+    return folder / "runs"
+
+
+#################################################################################
+#                                 Prompt sets                                   #
+#################################################################################
+
+
+def test_txt_and_jsonl_files(tmp_path):
+    txt = tmp_path / "p.txt"
+    txt.write_text("a cat\na dog\n")
+    assert read_prompt_file(txt).prompts == ("a cat", "a dog")
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text('{"prompt": "a cat", "category": "Animals"}\n{"prompt": "a car", "category": "Transport"}\n')
+    prompts = read_prompt_file(jsonl)
+    assert prompts.prompts == ("a cat", "a car") and prompts.category(1) == "Transport"
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("p.jsonl", '{"prompt": "a cat"}\n{"prompt": 3}\n', "line 2: field 'prompt'"),
+    ("p.jsonl", '{"prompt": "a cat"}\n{"prompt": "a\n', "line 2: not a JSON object"),
+    ("p.jsonl", '{"prompt": "a cat"}\n["a dog"]\n', "line 2: must be a JSON object"),
+    ("p.txt", "a cat\n\na dog\n", "line 2: empty line"),
+    ("p.txt", "a cat\n", "1 prompt"),
+    ("p.csv", "a,b\n", "must end in .txt or .jsonl"),
+])
+def test_bad_prompt_files_name_file_and_line(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(HarnessError, match=message) as err:
+        read_prompt_file(path)
+    assert str(path) in str(err.value)
+
+
+def test_geneval_set_matches_the_published_counts():
+    prompts = load_prompts("geneval")
+    tags = [m["tag"] for m in prompts.metadata]
+    assert len(prompts) == 553 and prompts.images_per_prompt == 4
+    assert {t: tags.count(t) for t in dict.fromkeys(tags)} == {
+        "single_object": 80, "two_object": 99, "counting": 80, "colors": 94, "position": 100, "color_attr": 100}
+    assert len(geneval_module.object_names()) == 80 and geneval_module.object_names()[65] == "tv remote"
+
+
+def test_changed_geneval_file_is_refused(tmp_path, monkeypatch):
+    copy = tmp_path / "evaluation_metadata.jsonl"
+    copy.write_bytes(geneval_module.METADATA.read_bytes().replace(b"bench", b"bunch", 1))
+    monkeypatch.setattr(geneval_module, "METADATA", copy)
+    geneval_module.geneval_prompts.cache_clear()
+    try:
+        with pytest.raises(HarnessError, match="is not GenEval's"):
+            geneval_module.geneval_prompts()
+    finally:
+        geneval_module.geneval_prompts.cache_clear()
+
+
+def test_hpsv3_prompts_missing_then_present(tmp_path):
+    with pytest.raises(HarnessError, match="harness assets --fetch hpsv3-benchmark"):
+        hpsv3_prompts(folder=tmp_path)
+    for i, category in enumerate(CATEGORIES):
+        path = tmp_path / category_file(category)
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps([{"caption": f"{category} {k}", "save_name": f"{k}.png"} for k in range(i % 2 + 1)]))
+    prompts = hpsv3_prompts(folder=tmp_path)
+    assert len(prompts) == 18 and prompts.prompts[:3] == ("Characters 0", "Arts 0", "Arts 1")
+    assert prompts.category(2) == "Arts" and prompts.images_per_prompt == 1
+
+
+#################################################################################
+#                                Suite fields                                   #
+#################################################################################
+
+
+def test_prompt_suite_fields_resolve(tmp_path):
+    suite = load_suite(text_suite(tmp_path, None), root=tmp_path)
+    run = suite.runs[0]
+    assert run.prompts == str(tmp_path / "prompts.txt") and run.images_per_prompt == 2
+    assert run.models["main"].text_encoder == "random"
+    assert run.config["suite"]["prompts"] == run.prompts
+
+
+@pytest.mark.parametrize("edit, field, message", [
+    (lambda t: t.replace('text_encoder = "random"', ""), "text_encoder", "need a text encoder"),
+    (lambda t: t.replace('text_encoder = "random"', 'text_encoder = "t9"'), "text_encoder", "unknown text encoder"),
+    (lambda t: t.replace("seed = 3", 'seed = 3\nlabels = "balanced"'), "labels", "prompt indices"),
+    (lambda t: t.replace("samples = 10", "samples = 11"), "samples", "6 prompts at 2 per prompt"),
+])
+def test_prompt_suite_mistakes(tmp_path, edit, field, message):
+    path = text_suite(tmp_path, None)
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(HarnessError, match=message) as err:
+        load_suite(path, root=tmp_path)
+    assert f"field '{field}'" in str(err.value) and str(path) in str(err.value)
+
+
+def test_bad_prompt_file_stops_the_suite_naming_the_line(tmp_path):
+    path = text_suite(tmp_path, None, prompts="p.jsonl")
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{"text": "b"}\n')
+    with pytest.raises(HarnessError, match=r"p\.jsonl: line 2"):
+        load_suite(path, root=tmp_path)
+
+
+#################################################################################
+#                                  Generation                                   #
+#################################################################################
+
+
+def test_prompt_run_labels_are_prompt_indices_and_states_are_cached(reference):
+    indices, images, labels = run_arrays(reference)
+    assert indices.tolist() == list(range(10)) and labels.tolist() == [i // 2 for i in range(10)]
+    assert images.shape == (10, 16, 16, 3)
+    assert not np.array_equal(images[0], images[1])  # same prompt, seeds differ
+    assert len(list((reference / "t2i").glob("prompt-states-random-*.pt"))) == 1
+
+
+def test_prompt_run_same_images_for_other_batch_size(reference, checkpoint, tmp_path):
+    suite = load_suite(text_suite(tmp_path, checkpoint, batch_size=3), root=tmp_path)
+    generate_suite(suite, runs_root=tmp_path / "runs", device="cpu")
+    for got, want in zip(run_arrays(tmp_path / "runs"), run_arrays(reference)):
+        assert np.array_equal(got, want)
+
+
+def test_prompt_run_same_images_with_two_processes(reference, checkpoint, tmp_path):
+    path = text_suite(tmp_path, checkpoint)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           "-m", "harness", "generate", str(path), "--out", str(tmp_path / "runs"), "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # this checkout's harness
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for got, want in zip(run_arrays(tmp_path / "runs"), run_arrays(reference)):
+        assert np.array_equal(got, want)
+
+
+def test_prompts_change_the_images(reference, checkpoint, tmp_path):
+    path = text_suite(tmp_path, checkpoint)
+    (tmp_path / "other.txt").write_text("\n".join(reversed(PROMPTS)) + "\n")
+    path.write_text(path.read_text().replace('prompts = "prompts.txt"', 'prompts = "other.txt"'))
+    generate_suite(load_suite(path, root=tmp_path), runs_root=tmp_path / "runs", device="cpu")
+    _, images, _ = run_arrays(tmp_path / "runs")
+    _, want, _ = run_arrays(reference)
+    assert np.array_equal(images[4:6], want[4:6])  # prompt 2 is the middle prompt in both orders
+    assert not np.array_equal(images[:2], want[:2])
