@@ -31,8 +31,12 @@ perf: setup
 	$(BIN)/python -m benchmarks.perf $(ARGS)
 
 # The three parts train side by side, one thread each (about an hour on a 2-core machine), as the committed
-# checkpoints were made; `python -m harness.testbed.train --help` for one part at a time.
+# checkpoints were made; then the text-to-image testbed's detector and model (TextDiT + word encoder, about an
+# hour more); `python -m harness.testbed.train --help` for one part at a time.
 testbed: setup
 	pids=""; for part in features routing masking; do \
 	  $(BIN)/python -m harness.testbed.train --only $$part --threads 1 $(ARGS) & pids="$$pids $$!"; done; \
 	for p in $$pids; do wait $$p || exit 1; done
+	$(BIN)/python -m harness.testbed.train --only detector --feature-steps 2500 --pool 16000 --threads 1 $(ARGS) & \
+	pid=$$!; $(BIN)/python -m harness.testbed.train --only t2i --steps 2000 --batch 64 --early-step 187 --pool 30000 \
+	  --threads 1 $(ARGS) && wait $$pid

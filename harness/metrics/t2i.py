@@ -201,6 +201,15 @@ SCORERS: dict[str, Callable[..., dict[str, Any]]] = {"geneval": score_geneval, "
                                                       "clip_score": score_clip}
 
 
+def _score_geneval_testbed(*args, **kwargs) -> dict[str, Any]:
+    from harness.testbed.geneval_testbed import score_geneval_testbed  # the text testbed's world detector
+
+    return score_geneval_testbed(*args, **kwargs)
+
+
+SCORERS["geneval_testbed"] = _score_geneval_testbed
+
+
 #################################################################################
 #                          Runs and external folders                            #
 #################################################################################
@@ -239,7 +248,7 @@ def score(names: Sequence[str], samples: Sequence[Sample], prompts: PromptSet, o
 def evaluate_prompt_run(run_dir: Path, names: Sequence[str], prompts: PromptSet, device: torch.device | str = "cpu",
                         options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """The text-to-image metrics of one generated run (its shards' labels are prompt indices)."""
-    layout = "geneval" if "geneval" in names else "hpsv3"
+    layout = "geneval" if any(n.startswith("geneval") for n in names) else "hpsv3"
     return score(names, run_samples(Path(run_dir), prompts, layout), prompts, Path(run_dir), device, options)
 
 

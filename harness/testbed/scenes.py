@@ -189,6 +189,13 @@ def draw(prompts: Sequence[dict], seed: int) -> np.ndarray:
     return render([scene_objects(m, rng) for m in prompts])
 
 
+def reference_images(count: int) -> np.ndarray:
+    """`count` scenes of the evaluation prompts, prompt i % P for scene i, from a draw disjoint from training: the
+    FD reference of suites/t2i_testbed.toml (`reference = "scenes:N"`)."""
+    metas = evaluation_prompts()
+    return draw([metas[i % len(metas)] for i in range(count)], REFERENCE_SEED)
+
+
 def training_draw(n: int, seed: int) -> tuple[list[str], np.ndarray]:
     """n (prompt, scene) pairs: a task uniformly, then a training prompt of it uniformly."""
     rng = np.random.default_rng(seed)

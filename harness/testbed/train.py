@@ -177,7 +177,8 @@ def train_diffusion(sparsity: str, out: Path, steps: int, batch: int, seed: int,
 
 def _degraded_scenes(n: int, rng: np.random.Generator) -> tuple[np.ndarray, list, list]:
     """Training-grammar scenes with the faults samples have: a quarter with two objects run together, a tenth with
-    an object cut by a line, then _augment's blur, colour shift and noise. (uint8 images, coverages, shapes)."""
+    an object cut by a line, then _augment's blur, colour shift and noise, and heavy noise on a fifth.
+    (uint8 images, coverages, shapes)."""
     grammar = scenes.training_prompts()
     objects = []
     for tag in rng.integers(len(scenes.TASKS), size=n):
@@ -199,6 +200,8 @@ def _degraded_scenes(n: int, rng: np.random.Generator) -> tuple[np.ndarray, list
             image[(cover[0] > 0) & side] = round(scenes.BACKGROUND * 255)
             cover[0][side] = 0.0
     x = _augment(torch.from_numpy(data.to_model_space(images)))
+    heavy = torch.rand(n, 1, 1, 1) < 0.2  # a fifth with the heavy grain of undertrained samples: specks are `other`
+    x = x + heavy * torch.rand(n, 1, 1, 1) * 0.6 * torch.randn_like(x)
     images = (x * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return images, masks, [[o["shape"] for o in objs] for objs in objects]
 
@@ -256,9 +259,10 @@ class TextToImage(torch.nn.Module):
 
 
 def train_t2i(out: Path, steps: int, batch: int, seed: int, lr: float, device: torch.device,
-              pool: int = 40_000) -> dict:
-    """Train the text-to-image testbed model; saves EMA weights (t2i_testbed[_text]) and the EMA at 1/16 of
-    training (t2i_testbed_early[_text]) for AutoGuidance."""
+              pool: int = 30_000, early_step: int | None = None) -> dict:
+    """Train the text-to-image testbed model; saves EMA weights (t2i_testbed[_text]) and the EMA at `early_step`
+    (default 1/16 of training) as t2i_testbed_early[_text] for AutoGuidance. The learning rate is constant after
+    warm-up, so a run stopped at step k has the weights of a `--steps k` run."""
     torch.manual_seed(seed)
     start = time.time()
     prompts, images = scenes.training_draw(pool, scenes.TRAIN_SEED)
@@ -271,7 +275,7 @@ def train_t2i(out: Path, steps: int, batch: int, seed: int, lr: float, device: t
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / WARMUP))
     n_tok = model.net.config.num_tokens
-    early_step = steps // 16
+    early_step = early_step or steps // 16
     log: list[dict] = []
     model.train()
     start = time.time()
@@ -343,6 +347,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--feature-steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--early-step", type=int, default=None, help="t2i: the step of the early checkpoint "
+                                                                      "(default steps // 16)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("checkpoints"))
@@ -361,7 +367,8 @@ def main(argv: list[str] | None = None) -> None:
         elif part == "detector":
             result = train_detector(args.out, args.feature_steps, 256, args.seed, device, args.pool or 20_000)
         elif part == "t2i":
-            result = train_t2i(args.out, args.steps, args.batch, args.seed, args.lr, device, args.pool or 40_000)
+            result = train_t2i(args.out, args.steps, args.batch, args.seed, args.lr, device, args.pool or 30_000,
+                               args.early_step)
         else:
             result = train_diffusion(part, args.out, args.steps, args.batch, args.seed, args.lr, device,
                                      args.pool or 100_000)

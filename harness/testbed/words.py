@@ -7,8 +7,11 @@ one real token and never an empty sequence. Trained jointly with the testbed's T
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from harness.errors import HarnessError
@@ -16,6 +19,7 @@ from harness.testbed import scenes
 
 VOCAB = ("<pad>", "<s>", "a", "photo", "of", "and", "left", "right", "above", "below",
          *scenes.NUMBERS.values(), *scenes.SHAPES, *scenes.PLURALS.values(), *scenes.COLORS)
+CHECKPOINT = "checkpoints/t2i_testbed_text.safetensors"  # relative to the suite's root
 MAX_LEN = 12  # <s> + the longest prompt ("a photo of a red triangle and a blue square": 10 words) + 1 spare
 WIDTH = 64
 
@@ -53,6 +57,7 @@ class WordEncoder(nn.Module):
         x = self.embed(ids) + self.pos[:, : ids.shape[1]]
         return self.norm(self.layers(x, src_key_padding_mask=~mask))
 
+    @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(states (P, L, C) float, mask (P, L) bool) of the prompts, on this module's device."""
         ids, mask = tokenize(prompts, self.max_len)
@@ -60,7 +65,28 @@ class WordEncoder(nn.Module):
         ids, mask = ids.to(device), mask.to(device)
         return self(ids, mask), mask
 
+    @torch.no_grad()
     def null(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The null caption as trained: the empty prompt, (states (L, C), mask (L,))."""
         states, mask = self.encode([""])
         return states[0], mask[0]
+
+
+def load_word_encoder(options: dict[str, Any], device: torch.device, root: Path | None) -> WordEncoder:
+    """TEXT_ENCODERS["testbed_words"]: the trained encoder of `options["checkpoint"]` (default CHECKPOINT; the
+    early AutoGuidance model has its own), in eval mode on `device`."""
+    unknown = set(options) - {"checkpoint"}
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)}; testbed_words takes 'checkpoint'")
+    path = Path(options.get("checkpoint", CHECKPOINT))
+    if root is not None and not path.is_absolute():
+        path = Path(root) / path
+    if not path.is_file():
+        raise HarnessError(f"testbed word encoder {path} not found: it ships in checkpoints/; "
+                           "`python -m harness.testbed.train --only t2i` retrains it with its TextDiT")
+    encoder = WordEncoder()
+    try:
+        encoder.load_state_dict(load_file(str(path)))
+    except Exception as err:  # noqa: BLE001 - wrong shapes, missing keys or a corrupted file
+        raise HarnessError(f"testbed word encoder {path} does not load: {err}") from err
+    return encoder.to(device).eval()
