@@ -30,7 +30,7 @@ from harness.errors import HarnessError
 
 MANIFEST = Path(__file__).resolve().parents[1] / "assets" / "manifest.toml"
 ASSETS_ENV = "HARNESS_ASSETS"
-KINDS = ("checkpoint", "vae", "reference", "samples", "inception", "prompts")
+KINDS = ("checkpoint", "vae", "reference", "samples", "inception", "metric", "prompts")
 TORCH_HUB = "{torch_hub}"  # a path starting with this lies in torch.hub's cache folder
 CHUNK = 1 << 20
 HF_RESOLVE = "https://huggingface.co/{hub}/resolve/{revision}/{file}"
@@ -321,6 +321,8 @@ def missing_assets(runs: Sequence[Any], root: str | Path | None = None, generate
                         ("checkpoint",), root)
                 if spec.vae and f"vae:{spec.vae}" not in needs:
                     needs[f"vae:{spec.vae}"] = _vae_need(spec.vae, assets, root)
+            if getattr(run, "prompts", None) in assets_of_prompts() and f"prompts:{run.prompts}" not in needs:
+                needs[f"prompts:{run.prompts}"] = _prompts_need(assets_of_prompts()[run.prompts], assets, root)
     if evaluate:
         for run in runs:
             if isinstance(run.reference, Path) and run.metrics and f"ref:{run.reference}" not in needs:
@@ -328,7 +330,42 @@ def missing_assets(runs: Sequence[Any], root: str | Path | None = None, generate
                                                            ("reference", "samples"), root)
         if any(_uses_inception(m) for run in runs for m in run.metrics):
             needs["inception"] = _inception_need(assets, root)
+        for name in dict.fromkeys(a for run in runs for m in run.metrics for a in METRIC_ASSETS.get(m, ())):
+            asset = assets.get(name)
+            if asset is not None and not asset.present(root) and not _in_hub_cache(asset):
+                needs[f"asset:{name}"] = Need(asset.description, asset.location(root), asset, asset.how_to_get())
     return [n for n in needs.values() if n is not None]
+
+
+def assets_of_prompts() -> dict[str, str]:
+    """Built-in prompt sets whose files are an asset: prompt set name -> asset name."""
+    from harness.prompts.hpsv3 import ASSET
+
+    return {"hpsv3": ASSET}
+
+
+def _prompts_need(name: str, assets: dict[str, Asset], root: Path) -> Need | None:
+    asset = assets.get(name)
+    if asset is None or asset.present(root):
+        return None
+    return Need(f"prompt files of {asset.description.split(':')[0]}", asset.location(root), asset, asset.how_to_get())
+
+
+# Weights the text-to-image metrics read, by manifest name (an entry not in the manifest is not checked). A hub
+# asset also counts as present when the Hugging Face cache holds its files, where their loaders look too.
+METRIC_ASSETS = {"geneval": ("mask2former-swin-s-coco", "clip-vit-l-14-openai"),
+                 "clip_score": ("clip-vit-l-14-openai",), "hpsv3": ("hpsv3", "qwen2-vl-7b-instruct")}
+
+
+def _in_hub_cache(asset: Asset) -> bool:
+    """Whether every file of a hub asset is in the Hugging Face cache."""
+    if not asset.hub or asset.hub.startswith("datasets/"):
+        return False
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    return all(isinstance(try_to_load_from_cache(asset.hub, f), str) for f in asset.files)
 
 
 def _vae_need(name: str, assets: dict[str, Asset], root: Path) -> Need | None:

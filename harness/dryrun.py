@@ -122,6 +122,21 @@ def redraw_zero_init(module: torch.nn.Module, std: float = REDRAW_STD) -> int:
     return redrawn
 
 
+def hpsv3_standin(folder: Path, root: Path) -> Path | str:
+    """HPSv3's prompt files when present, else a made-up prompt per category written to <folder> (dry runs only)."""
+    import json
+
+    from harness.prompts.hpsv3 import CATEGORIES, benchmark_folder, category_file
+
+    if all((benchmark_folder(root) / category_file(c)).is_file() for c in CATEGORIES):
+        return "hpsv3"
+    path = folder / "hpsv3-standin.jsonl"
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"prompt": f"a picture of {c.lower()}", "category": c}) + "\n"
+                            for c in CATEGORIES))
+    return path
+
+
 def _substitute_arch(table: dict[str, Any], key: str, arch: str, original: Suite) -> None:
     """Give [models.<key>] another architecture, keeping its data space and clamping its route to the new depth."""
     config, convention = original.models[key].config()
@@ -129,8 +144,8 @@ def _substitute_arch(table: dict[str, Any], key: str, arch: str, original: Suite
     for fld in _SHAPE:
         table.pop(fld, None)
     table["arch"] = arch
-    table.update({f: getattr(config, f) for f in _KEEP if f != "convention"
-                  and getattr(preset, f) != getattr(config, f)})
+    table.update({f: getattr(config, f) for f in _KEEP if f != "convention" and hasattr(config, f)
+                  and getattr(preset, f, None) != getattr(config, f)})  # text networks have no classes
     if convention != preset_convention:
         table["convention"] = convention
     if table.get("route"):
@@ -162,6 +177,8 @@ def load_dry_suite(path: str | Path, root: str | Path | None, runs_root: str | P
         reference = folder / REFERENCE_FILE
         dry["suite"]["reference"] = str(reference)
         source = original.reference if original.reference.is_file() else None
+    if dry["suite"].get("prompts") == "hpsv3":
+        dry["suite"]["prompts"] = str(hpsv3_standin(folder, root))
     suite = load_suite(path, root, samples=options.samples, steps=options.steps, data=dry)
     from harness.models.vae import SMALL_VAE_CONFIG
     from harness.report.cli import suite_meta

@@ -308,6 +308,10 @@ class ModelCache:
             key = (run.model_keys[role], run.prompts)
             if key not in self.encoded:
                 self.encoded[key] = prompt_conditions(spec, prompts, self.device, cache_dir, self.root)
+                width, want = self.encoded[key].states.shape[-1], getattr(models[role].config, "text_dim", None)
+                if want is not None and width != want:
+                    raise HarnessError(f"[models.{key[0]}]: text encoder {spec.text_encoder!r} gives {width}-channel "
+                                       f"states, {spec.arch} takes {want} (field 'text_encoder_options')")
             models[role].conditions = self.encoded[key]
         return models
 

@@ -52,7 +52,7 @@ class SuiteTable(_Table):
     """[suite]: what every run shares."""
 
     name: str = Field(pattern=_NAME)
-    samples: int = Field(ge=1)
+    samples: int | None = Field(None, ge=1)  # required, except in a prompt suite: default all its prompts
     batch_size: int = Field(ge=1)
     seed: int = Field(0, ge=0)
     labels: Literal["uniform", "balanced"] = "uniform"
@@ -410,17 +410,31 @@ def load_suite(path: str | Path, root: str | Path | None = None, samples: int | 
             seen[run.run_id] = index
             runs.append(run)
     s = doc.suite
-    return Suite(path=path, root=root, name=s.name, samples=s.samples, batch_size=s.batch_size, seed=s.seed,
+    return Suite(path=path, root=root, name=s.name, samples=prompts.samples, batch_size=s.batch_size, seed=s.seed,
                  labels=s.labels, metrics=tuple(s.metrics), reference=_resolve_reference(s.reference, root),
-                 sampler=sampler, models=models, runs=tuple(runs), prompts=prompts[0], images_per_prompt=prompts[1])
+                 sampler=sampler, models=models, runs=tuple(runs), prompts=prompts.spec,
+                 images_per_prompt=prompts.per_prompt)
+
+
+@dataclass(frozen=True)
+class _Prompts:
+    """A suite's prompt set as its runs store it (None: class labels), images per prompt, the suite's sample count,
+    and the sha256 of the prompt texts (None while HPSv3's files are missing)."""
+
+    spec: str | None = None
+    per_prompt: int = 1
+    samples: int = 0
+    digest: str | None = None
 
 
 def _check_prompts(doc: SuiteFile, models: dict[str, ModelSpec], root: Path, samples: int | None,
-                   where: _Where) -> tuple[str | None, int]:
-    """(prompt set as stored in runs, images per prompt): a text suite's models need a text encoder and a class
-    suite's must not have one; a prompt file is read now, so a bad line stops the suite before any work."""
-    from harness.prompts import default_images_per_prompt, load_prompts, resolve_prompts
+                   where: _Where) -> _Prompts:
+    """The suite's prompt settings: a text suite's models need a text
+    encoder and a class suite's must not have one; a prompt file is read now, so a bad line stops the suite before
+    any work. A prompt suite without `samples` takes every prompt's images (0 while HPSv3's prompt files are
+    missing: generation stops at the asset check first)."""
     from harness.models.text_encoders import TEXT_ENCODERS
+    from harness.prompts import default_images_per_prompt, load_prompts, resolve_prompts
 
     s = doc.suite
     for key, table in doc.models.items():
@@ -433,7 +447,9 @@ def _check_prompts(doc: SuiteFile, models: dict[str, ModelSpec], root: Path, sam
     if s.prompts is None:
         if s.images_per_prompt is not None:
             raise where.error("[suite]", "images_per_prompt", "only applies with [suite] prompts")
-        return None, 1
+        if s.samples is None:
+            raise where.error("[suite]", "samples", "required field is missing")
+        return _Prompts(samples=s.samples)
     if "labels" in where.data["suite"]:
         raise where.error("[suite]", "labels", "a prompt suite's labels are its prompt indices; remove this field")
     used = {r.model for r in doc.runs} | {k for r in doc.runs for k in r.weak_model or []}
@@ -443,13 +459,19 @@ def _check_prompts(doc: SuiteFile, models: dict[str, ModelSpec], root: Path, sam
                                                                  "(e.g. text_encoder = \"random\" for tests)")
     prompts = resolve_prompts(s.prompts, root)
     per_prompt = s.images_per_prompt or default_images_per_prompt(s.prompts)
-    if prompts != "hpsv3":  # GenEval's file or a user's, read now (HPSv3's asset is checked before generation)
-        count = len(load_prompts(prompts, root))
-        wanted = samples or max([s.samples, *(r.samples or 0 for r in doc.runs)])
+    try:
+        prompt_set = load_prompts(prompts, root)
+        count, digest = len(prompt_set), prompt_set.digest
+    except HarnessError:
+        if prompts != "hpsv3":  # a bad user file or a changed GenEval file
+            raise
+        count = digest = None  # HPSv3's prompt files not fetched yet
+    if count is not None:
+        wanted = samples or max([s.samples or 0, *(r.samples or 0 for r in doc.runs)])
         if wanted > count * per_prompt:
             raise where.error("[suite]", "samples", f"{wanted} images need {-(-wanted // per_prompt)} prompts at "
                                                     f"{per_prompt} per prompt; prompt set {s.prompts!r} has {count}")
-    return prompts, per_prompt
+    return _Prompts(prompts, per_prompt, s.samples or (count or 0) * per_prompt, digest)
 
 
 def _with_steps(data: dict[str, Any], steps: int) -> dict[str, Any]:
@@ -525,7 +547,7 @@ def _id_part(axis: str, value: Any) -> str:
 
 
 def _expand(index: int, table: RunTable, doc: SuiteFile, models: dict[str, ModelSpec], root: Path,
-            samples_override: int | None, where: _Where, prompts: tuple[str | None, int] = (None, 1)) -> list[Run]:
+            samples_override: int | None, where: _Where, prompts: _Prompts = _Prompts()) -> list[Run]:
     """The runs of one [[runs]] entry: the product of its list-valued fields, each checked and resolved."""
     raw = where.data["runs"][index]
     name = where.run(index)
@@ -562,7 +584,7 @@ def _expand(index: int, table: RunTable, doc: SuiteFile, models: dict[str, Model
 
 def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any], doc: SuiteFile,
                  models: dict[str, ModelSpec], root: Path, samples_override: int | None, where: _Where,
-                 prompts: tuple[str | None, int] = (None, 1)) -> Run:
+                 prompts: _Prompts = _Prompts()) -> Run:
     """One grid point of a run: cross-field checks, GuidanceSpec, resolved config and its hash."""
     name = where.run(index, run_id)
     method = table.method
@@ -602,7 +624,7 @@ def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any]
     guidance = GuidanceSpec(method=method, omega=point.get("omega", 1.0), gamma_strong=gamma_strong,
                             gamma_weak=gamma_weak if METHODS[method] is not None else None, interval=interval,
                             cfg_channels=None if channels == "all" else int(channels))
-    samples = samples_override or table.samples or doc.suite.samples
+    samples = samples_override or table.samples or prompts.samples
     sampler = {**doc.sampler.model_dump(), **(table.sampler.model_dump(exclude_none=True) if table.sampler else {})}
     s = doc.suite
     seed = point.get("seed", s.seed)
@@ -618,13 +640,15 @@ def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any]
                 "cfg_channels": channels if METHODS[method] is not None else None, "samples": samples,
                 "paper": list(table.paper or [])},
     }
-    if prompts[0] is not None:  # only text suites carry these, so class suites keep their config hashes
-        config["suite"].update(prompts=prompts[0], images_per_prompt=prompts[1])
+    if prompts.spec is not None:  # only text suites carry these, so class suites keep their config hashes
+        # the prompt texts' sha256: an edited prompt file changes the samples, so it changes the hash
+        config["suite"].update(prompts=prompts.spec, images_per_prompt=prompts.per_prompt,
+                               prompts_sha256=prompts.digest)
         for key, t in model_tables.items():
             config["models"][key].update(text_encoder=t.text_encoder, text_encoder_options=t.text_encoder_options)
     return Run(suite=s.name, run_id=run_id, name=table.name, method=method,
                models={role: models[k] for role, k in keys.items()}, model_keys=keys, guidance=guidance,
                sampler=SamplerSpec(**sampler), samples=samples, batch_size=s.batch_size,
                seed=seed, labels=s.labels, metrics=tuple(s.metrics), reference=_resolve_reference(s.reference, root),
-               paper=tuple(table.paper or []), config=config, config_hash=config_hash(config), prompts=prompts[0],
-               images_per_prompt=prompts[1])
+               paper=tuple(table.paper or []), config=config, config_hash=config_hash(config),
+               prompts=prompts.spec, images_per_prompt=prompts.per_prompt)

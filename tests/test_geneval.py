@@ -191,3 +191,19 @@ def test_agrees_with_the_official_evaluate_image_on_random_cases():
         record = result_record("x.png", case["metadata"], case["detections"])
         assert (record["correct"], record["reason"], record["details"]) == (case["correct"], case["reason"],
                                                                             case["details"]), case["metadata"]
+
+
+def test_scorer_runs_detector_colour_step_and_rules_end_to_end():
+    from harness.metrics.geneval_score import build_geneval_scorer
+
+    classes = ["cat", "dog", "car"]
+    scorer = build_geneval_scorer(classes, random_weights=True)
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    metadata = meta("colors", [{"class": "car", "count": 1, "color": "red"}])
+    loose = type(scorer)(scorer.detector, scorer.classify_colors, Options(threshold=0.0))
+    record = loose(image, metadata, "00000/samples/0000.png")
+    assert record["detector"] == "random-mask2former" and record["tag"] == "colors"
+    details = json.loads(record["details"])
+    assert set(details) <= set(classes) and "car" in details  # threshold 0: every class has detections
+    # with a random detector and a random CLIP the verdict is whatever the rules say about the colour found
+    assert record["correct"] == (record["reason"] == "")

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness.cli import build_parser, cmd_bench, main
 from harness.errors import HarnessError
 from harness.prompts import load_prompts, read_prompt_file
 from harness.prompts import geneval as geneval_module
@@ -231,3 +232,80 @@ def test_prompts_change_the_images(reference, checkpoint, tmp_path):
     _, want, _ = run_arrays(reference)
     assert np.array_equal(images[4:6], want[4:6])  # prompt 2 is the middle prompt in both orders
     assert not np.array_equal(images[:2], want[:2])
+
+
+def test_export_then_evaluate_the_folders_from_the_command_line(checkpoint, tmp_path, capsys):
+    path = text_suite(tmp_path, checkpoint, prompts="geneval", samples=4)
+    generate_suite(load_suite(path, root=tmp_path), runs_root=tmp_path / "runs", device="cpu")
+    run = tmp_path / "runs" / "t2i" / "g"
+    assert main(["export", str(run), "--format", "geneval", "--out", str(tmp_path / "gen")]) == 0
+    # as GenEval's evaluate_images.py reads it: numbered folders, json.load of metadata.jsonl, \d+.png samples
+    assert sorted(p.name for p in (tmp_path / "gen").iterdir()) == ["00000", "00001"]
+    with open(tmp_path / "gen" / "00001" / "metadata.jsonl") as fp:
+        assert json.load(fp) == load_prompts("geneval").metadata[1]
+    assert sorted(p.name for p in (tmp_path / "gen" / "00001" / "samples").iterdir()) == ["00000.png", "00001.png"]
+    assert main(["evaluate", str(tmp_path / "gen"), "--dry-run", "--metrics", "geneval,clip_score",
+                 "--out", str(tmp_path / "scores")]) == 0
+    assert "geneval: " in capsys.readouterr().out
+    assert len((tmp_path / "scores" / "results.jsonl").read_text().splitlines()) == 4
+    assert main(["export", str(run), "--format", "hpsv3", "--out", str(tmp_path / "hps")]) == 0
+    assert sorted(p.name for p in (tmp_path / "hps" / "all").glob("*.txt")) == [f"{i:06}.txt" for i in range(4)]
+    assert main(["evaluate", str(tmp_path / "hps"), "--dry-run"]) == 0
+    assert "hpsv3: " in capsys.readouterr().out
+    assert main(["export", str(path), "--format", "geneval", "--out", str(tmp_path / "all"), "--root", str(tmp_path),
+                 "--runs-dir", str(tmp_path / "runs")]) == 0  # a suite: every generated run into out/<run-id>
+    assert (tmp_path / "all" / "g" / "00001" / "samples" / "00001.png").is_file()
+
+
+def test_export_of_a_class_run_is_refused(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "manifest.json").write_text(json.dumps({"config": {"suite": {"labels": "uniform"}}}))
+    with pytest.raises(HarnessError, match="class-conditional run"):
+        from harness.prompts.export import export_run
+
+        export_run(tmp_path / "r", "geneval", tmp_path / "out")
+
+
+def test_missing_hpsv3_prompts_stop_generation_with_the_asset_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_ASSETS", str(tmp_path / "assets"))
+    path = text_suite(tmp_path, None, prompts="hpsv3", samples=2)
+    path.write_text(path.read_text().replace("images_per_prompt = 2", "images_per_prompt = 1"))
+    assert load_suite(path, root=tmp_path).runs[0].prompts == "hpsv3"  # the suite itself loads (plan, report)
+    with pytest.raises(HarnessError, match=r"missing; nothing was run[\s\S]*harness assets --fetch hpsv3-benchmark"):
+        generate_suite(load_suite(path, root=tmp_path), runs_root=tmp_path / "runs", device="cpu")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_prompt_suite_without_samples_takes_every_prompt(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_ASSETS", str(tmp_path / "assets"))
+    path = text_suite(tmp_path, None)
+    path.write_text(path.read_text().replace("samples = 10\n", ""))
+    assert load_suite(path, root=tmp_path).runs[0].samples == len(PROMPTS) * 2
+    path.write_text(path.read_text().replace('prompts = "prompts.txt"', 'prompts = "hpsv3"'))
+    assert load_suite(path, root=tmp_path).runs[0].samples == 0  # unknown until the prompt files are fetched
+
+
+def test_text_encoder_width_must_match_the_network(checkpoint, tmp_path):
+    path = text_suite(tmp_path, checkpoint)
+    path.write_text(path.read_text().replace("dim = 16", "dim = 12"))
+    with pytest.raises(HarnessError, match="12-channel states, TextDiT-Tiny takes 16"):
+        generate_suite(load_suite(path, root=tmp_path), runs_root=tmp_path / "runs", device="cpu")
+
+
+def test_an_edited_prompt_file_changes_the_config_hash(tmp_path):
+    path = text_suite(tmp_path, None)
+    before = load_suite(path, root=tmp_path).runs[0].config_hash
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS[::-1]) + "\n")
+    assert load_suite(path, root=tmp_path).runs[0].config_hash != before
+
+
+def test_missing_metric_weights_stop_bench_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_ASSETS", str(tmp_path / "assets"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    path = text_suite(tmp_path, None, prompts="geneval", samples=4)
+    path.write_text(path.read_text().replace("seed = 3", 'seed = 3\nmetrics = ["geneval"]'))
+    args = build_parser().parse_args(["bench", str(path), "--root", str(tmp_path), "--out", str(tmp_path / "runs"),
+                                      "--device", "cpu"])
+    with pytest.raises(HarnessError, match=r"(?s)mask2former-swin-s-coco.*clip-vit-l-14-openai"):
+        cmd_bench(args)
+    assert not (tmp_path / "runs").exists()

@@ -14,7 +14,8 @@ from harness.cli import main
 from harness.errors import HarnessError
 from harness.metrics import METRICS
 from harness.metrics.detectors.base import Detector
-from harness.metrics.t2i import category_column, evaluate_folder, score
+from harness.metrics.geneval_score import GenEvalScorer
+from harness.metrics.t2i import evaluate_folder, score
 from harness.prompts import load_prompts
 from harness.prompts.layouts import Sample, detect_layout, read_geneval, read_hpsv3, write_geneval, write_hpsv3
 from harness.prompts.sets import PromptSet
@@ -81,7 +82,7 @@ def test_geneval_scoring_writes_official_results_and_task_columns(tmp_path):
     images = coded_images(labels)
     samples = [Sample(f"{p:05}/samples/{k:05}.png", p, lambda im=im: im)
                for im, p, k in zip(images, labels.tolist(), [0, 1] * 3)]
-    options = {"geneval": {"detector_object": OracleDetector(), "classify": never_called}}
+    options = {"geneval": {"scorer": GenEvalScorer(OracleDetector(), never_called)}}
     result = score(["geneval"], samples, GENEVAL, tmp_path, options=options)
     assert result["geneval_single_object"] == 1.0 and result["geneval_two_object"] == 0.0
     assert result["geneval_counting"] == 0.0 and result["geneval"] == pytest.approx(1 / 3)
@@ -98,7 +99,7 @@ def test_geneval_refuses_prompts_without_metadata(tmp_path):
     sample = Sample("0.png", 0, lambda: np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(HarnessError, match="GenEval metadata"):
         score(["geneval"], [sample], prompts, tmp_path,
-              options={"geneval": {"detector_object": OracleDetector(), "classify": never_called}})
+              options={"geneval": {"scorer": GenEvalScorer(OracleDetector(), never_called)}})
 
 
 def test_hpsv3_per_category_and_macro_mean(tmp_path):
@@ -116,24 +117,28 @@ def test_hpsv3_per_category_and_macro_mean(tmp_path):
     assert result == {"hpsv3_animals": 2.0, "hpsv3_natural_scenery": 10.0, "hpsv3": 6.0}  # macro, not 14/3
     assert seen["prompts"] == ["p0", "p1", "p2"]
     assert all(Path(p).is_file() and Path(p).with_suffix(".txt").is_file() for p in seen["paths"])
-    assert category_column("Natural Scenery") == "hpsv3_natural_scenery"
 
 
 def test_clip_score_with_a_tiny_random_clip_is_deterministic_and_non_negative(tmp_path):
-    from harness.metrics.t2i_dry import tiny_random_clip
+    from harness.metrics.clip_score import build_clip_scorer
 
     labels = np.array([0, 80, 179])
     samples = [Sample(f"{i}.png", p, lambda im=im: im) for i, (im, p) in enumerate(zip(coded_images(labels), labels))]
-    one = score(["clip_score"], samples, GENEVAL, tmp_path, options={"clip_score": {"clip": tiny_random_clip()}})
-    two = score(["clip_score"], samples, GENEVAL, tmp_path, options={"clip_score": {"clip": tiny_random_clip()}})
-    assert one["clip_score"] == two["clip_score"] >= 0.0
+    torch.manual_seed(0)
+    scorer = build_clip_scorer(random_weights=True)
+    one = score(["clip_score"], samples, GENEVAL, tmp_path, options={"clip_score": {"scorer": scorer}})
+    torch.manual_seed(0)
+    again = build_clip_scorer(random_weights=True)
+    two = score(["clip_score"], samples, GENEVAL, tmp_path, options={"clip_score": {"scorer": again}})
+    per_image = scorer([s.load() for s in samples], [GENEVAL.prompts[s.prompt] for s in samples])
+    assert one["clip_score"] == two["clip_score"] == pytest.approx(per_image.mean()) and one["clip_score"] >= 0.0
 
 
 def test_evaluate_a_folder_made_by_another_generator(tmp_path):
     labels = np.repeat(np.array(CHOSEN), 2)
     write_geneval(coded_images(labels), labels, GENEVAL, tmp_path / "theirs")
     result = evaluate_folder(tmp_path / "theirs", ["geneval"], tmp_path / "scores",
-                             options={"geneval": {"detector_object": OracleDetector(), "classify": never_called}})
+                             options={"geneval": {"scorer": GenEvalScorer(OracleDetector(), never_called)}})
     assert result["geneval"] == pytest.approx(1 / 3)
     assert (tmp_path / "scores" / "results.jsonl").is_file()
     with pytest.raises(HarnessError, match="neither GenEval's layout"):
@@ -143,3 +148,40 @@ def test_evaluate_a_folder_made_by_another_generator(tmp_path):
 def test_t2i_metrics_are_registered_without_a_reference():
     assert {"geneval", "hpsv3", "clip_score"} <= set(METRICS)
     assert all(METRICS[m].kind == "prompt" and METRICS[m].higher_is_better for m in ("geneval", "hpsv3", "clip_score"))
+
+
+@pytest.mark.parametrize("suite", ["imagenet256", "imagenet256_ablation", "sit_xl2_reference", "testbed", "geneval",
+                                   "hpsv3"])
+def test_paper_tables_before_any_run(tmp_path, suite, monkeypatch):
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    assert main(["report", f"suites/{suite}.toml", "--paper", "--runs-dir", str(tmp_path / "runs"),
+                 "--reports-dir", str(tmp_path / "reports")]) == 0
+    tables = (tmp_path / "reports" / suite / "tables.md").read_text()
+    report = (tmp_path / "reports" / suite / "report.md").read_text()
+    assert "No run of this suite has been generated yet" in report and "rep." in tables
+    if suite == "geneval":
+        row = next(line for line in tables.splitlines() if line.startswith("| TR-DiT-2.5B + SG"))
+        assert "| sg | 0.62 | — | — | 0.99 |" in row  # reported filled, measured missing
+
+
+def test_a_scored_run_is_not_scored_again_until_its_shards_change(tmp_path):
+    from harness.metrics.t2i import evaluate_prompt_run
+    from harness.runner import write_shard
+
+    labels = np.repeat(np.array(CHOSEN), 2)
+    write_shard(tmp_path / "samples-000000.npz", coded_images(labels), labels, np.arange(len(labels)))
+    calls = []
+
+    class Counting(OracleDetector):
+        def detect(self, image):
+            calls.append(1)
+            return super().detect(image)
+
+    options = {"geneval": {"scorer": GenEvalScorer(Counting(), never_called)}}
+    first = evaluate_prompt_run(tmp_path, ["geneval"], GENEVAL, options=options)
+    assert first["geneval"] == pytest.approx(1 / 3) and len(calls) == 6
+    assert evaluate_prompt_run(tmp_path, ["geneval"], GENEVAL, options=options) == {} and len(calls) == 6
+    write_shard(tmp_path / "samples-000000.npz", coded_images(labels)[::-1].copy(), labels, np.arange(len(labels)))
+    evaluate_prompt_run(tmp_path, ["geneval"], GENEVAL, options=options)
+    assert len(calls) == 12

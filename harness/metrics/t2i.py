@@ -8,7 +8,7 @@ image loader), their PromptSet, an output folder and its options, and returns me
   `geneval_detector` (the backend that made them).
 - hpsv3: the images in HPSv3's layout (written under the output folder when they come from a run), scored by the
   HPSv3 worker; `hpsv3` = mean of the category means as benchmark.py reports it, `hpsv3_<category>` each.
-- clip_score: open-clip, 100 x cosine of image and prompt embeddings clipped at 0, averaged over images.
+- clip_score: harness.metrics.clip_score (open-clip, 100 x cosine clipped at 0), averaged over images.
 Options by metric name (`options["geneval"]`, ...) choose models; a dry run passes random ones.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -88,52 +87,44 @@ def _needs_geneval_metadata(prompts: PromptSet) -> None:
                            f"{prompts.name!r} ({prompts.prompts[bad]!r}) has none")
 
 
-def _geneval_models(options: Mapping[str, Any], device: torch.device) -> tuple[Any, Callable]:
-    """(detector backend, colour classifier) from options: given objects, or built from names."""
-    detector = options.get("detector_object")
-    if detector is None:
-        from harness.metrics.detectors import build_detector
+def geneval_scorer(device: torch.device, options: Mapping[str, Any]):
+    """harness.metrics.geneval_score's scorer: `scorer` given; tiny random models (`random_weights`); else GenEval's
+    setup from assets, with the official mmdet detector where mmdet is installed and transformers' Mask2Former
+    (the same checkpoint) otherwise, unless `detector` names one."""
+    import importlib.util
 
-        detector = build_detector(options.get("detector", "mmdet"), **dict(options.get("detector_options", {})))
-    classify = options.get("classify")
-    if classify is None:
-        from harness.metrics.geneval_color import ColorClassifier, load_clip
+    from harness.metrics.geneval_score import build_geneval_scorer
+    from harness.prompts.geneval import object_names
 
-        classify = ColorClassifier(*load_clip(device=device), device=device)
-    return detector, classify
+    if options.get("scorer") is not None:
+        return options["scorer"]
+    detector = options.get("detector") or ("mmdet" if importlib.util.find_spec("mmdet") else "mask2former")
+    return build_geneval_scorer(object_names(), detector, device, options.get("checkpoint"),
+                                options.get("clip_weights"), bool(options.get("random_weights")))
 
 
 def score_geneval(samples: Sequence[Sample], prompts: PromptSet, out_dir: Path, device: torch.device,
                   options: Mapping[str, Any]) -> dict[str, Any]:
     """GenEval: results.jsonl in out_dir (official format plus the detector name) and the summary columns."""
-    from harness.metrics.geneval import color_requests, result_record, summarize, write_results
+    from harness.metrics.geneval import summarize, write_results
 
     _needs_geneval_metadata(prompts)
-    detector, classify = _geneval_models(options, device)
-    records = []
-    for sample in samples:
-        image = sample.load()
-        metadata = prompts.metadata[sample.prompt]
-        detections = detector.detect(image)
-        for classname, objects in color_requests(metadata, detections).items():  # the colour step
-            for obj, color in zip(objects, classify(image, classname, objects)):
-                obj["color"] = color
-        records.append(result_record(sample.filename, metadata, detections, detector=detector.name))
+    scorer = geneval_scorer(device, options)
+    records = [scorer(s.load(), prompts.metadata[s.prompt], s.filename) for s in samples]
     write_results(records, Path(out_dir) / RESULTS_FILE)
-    return {**summarize(records), "geneval_detector": detector.name}
-
-
-def category_column(category: str) -> str:
-    """`hpsv3_<category>`: lowercase, non-alphanumerics as underscores (Natural Scenery -> natural_scenery)."""
-    return "hpsv3_" + re.sub(r"[^a-z0-9]+", "_", category.lower()).strip("_")
+    return {**summarize(records), "geneval_detector": scorer.detector.name}
 
 
 def score_hpsv3(samples: Sequence[Sample], prompts: PromptSet, out_dir: Path, device: torch.device,
                 options: Mapping[str, Any], folder: Path | None = None) -> dict[str, Any]:
-    """HPSv3: mu per image from the worker; per-category means and their unweighted mean (benchmark.py's OVERALL).
+    """HPSv3: mu per image from the worker (harness.metrics.hpsv3), summarised as benchmark.py does: `hpsv3` = the
+    unweighted mean of the category means, `hpsv3_<category>` each.
 
     The worker reads files: images of a run are written in HPSv3's layout under out_dir/hpsv3 first (`folder`
-    is given when the samples already lie in that layout)."""
+    is given when the samples already lie in that layout). `scorer` (called with image_paths=, prompts=) replaces
+    the worker; `random_weights` runs its tiny random-weight backend (dry runs)."""
+    from harness.metrics.hpsv3 import metric_columns, open_worker, summarize
+
     if folder is None:
         folder = Path(out_dir) / HPSV3_FOLDER
         labels = np.array([s.prompt for s in samples], dtype=np.int64)
@@ -141,59 +132,40 @@ def score_hpsv3(samples: Sequence[Sample], prompts: PromptSet, out_dir: Path, de
         paths = [folder / hpsv3_name(prompts, s.prompt, i) for i, s in enumerate(samples)]
     else:
         paths = [Path(folder) / s.filename for s in samples]
+    texts = [prompts.prompts[s.prompt] for s in samples]
     scorer = options.get("scorer")
     if scorer is None:
-        from harness.metrics.hpsv3 import hpsv3_scorer
-
-        scorer = hpsv3_scorer(device=device, **dict(options.get("worker_options", {})))
-    texts = [prompts.prompts[s.prompt] for s in samples]
-    rewards = np.asarray(scorer(image_paths=[str(p) for p in paths], prompts=texts), dtype=np.float64)
+        kind = "cpu" if device.type == "cpu" else "auto"
+        with open_worker(options.get("root"), kind, bool(options.get("force_cpu")),
+                         random_weights=bool(options.get("random_weights"))) as worker:
+            rewards = worker.score(image_paths=[str(p) for p in paths], prompts=texts)
+    else:
+        rewards = scorer(image_paths=[str(p) for p in paths], prompts=texts)
+    rewards = np.asarray(rewards, dtype=np.float64)
     by_category: dict[str, list[float]] = {}
     for sample, reward in zip(samples, rewards.tolist()):
-        category = prompts.metadata[sample.prompt].get("category", "all")
-        by_category.setdefault(str(category), []).append(reward)
-    out = {category_column(c): float(np.mean(v)) for c, v in by_category.items()}
-    out["hpsv3"] = float(np.mean([np.mean(v) for v in by_category.values()]))
-    _write_jsonl(Path(out_dir) / "hpsv3_scores.jsonl",
-                 [{"filename": s.filename, "prompt": t, "reward": r} for s, t, r in zip(samples, texts, rewards.tolist())])
-    return out
-
-
-@torch.no_grad()
-def clip_scores(model: torch.nn.Module, transform: Callable, tokenizer: Callable, images: Sequence[np.ndarray],
-                texts: Sequence[str], device: torch.device, batch: int = 32) -> np.ndarray:
-    """max(100 cos(image, text), 0) per pair (Hessel et al.'s CLIPScore with w = 100, as torchmetrics)."""
-    from PIL import Image
-
-    out = []
-    for start in range(0, len(images), batch):
-        pixels = torch.stack([transform(Image.fromarray(im)) for im in images[start:start + batch]]).to(device)
-        tokens = tokenizer(list(texts[start:start + batch])).to(device)
-        a = torch.nn.functional.normalize(model.encode_image(pixels).float(), dim=-1)
-        b = torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1)
-        out.append((100 * (a * b).sum(-1)).clamp(min=0).cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0)
+        by_category.setdefault(str(prompts.metadata[sample.prompt].get("category", "all")), []).append(reward)
+    records = [{"filename": s.filename, "prompt": t, "reward": r} for s, t, r in zip(samples, texts, rewards.tolist())]
+    _write_jsonl(Path(out_dir) / "hpsv3_scores.jsonl", records)
+    return metric_columns(summarize(by_category))
 
 
 def score_clip(samples: Sequence[Sample], prompts: PromptSet, out_dir: Path, device: torch.device,
                options: Mapping[str, Any]) -> dict[str, Any]:
-    """Mean CLIP score of the samples with their prompts (open-clip model `model` / `pretrained`, ViT-L-14/openai
-    by default)."""
-    clip = options.get("clip")
-    if clip is None:
-        from harness.metrics.geneval_color import load_clip
+    """Mean CLIP score (harness.metrics.clip_score) of the samples with their prompts: `scorer` given, else built
+    from `arch` / `pretrained` / `weights` (ViT-L-14/openai by default) or `random_weights`."""
+    scorer = options.get("scorer")
+    if scorer is None:
+        from harness.metrics.clip_score import build_clip_scorer
 
-        arch, pretrained = options.get("model", CLIP_MODEL[0]), options.get("pretrained", CLIP_MODEL[1])
-        clip = load_clip(arch, pretrained, device=device)
-    model, transform, tokenizer = clip
-    model = model.eval().to(device)
-    scores = []
-    for start in range(0, len(samples), 64):
-        chunk = samples[start:start + 64]
-        scores.append(clip_scores(model, transform, tokenizer, [s.load() for s in chunk],
-                                  [prompts.prompts[s.prompt] for s in chunk], device))
-    values = np.concatenate(scores) if scores else np.zeros(0)
-    return {"clip_score": float(values.mean()), "clip_score_model": options.get("name", "/".join(CLIP_MODEL))}
+        scorer = build_clip_scorer(device=device, **{k: v for k, v in options.items() if k != "name"})
+    values = []
+    for start in range(0, len(samples), 256):
+        chunk = samples[start:start + 256]
+        values.append(scorer([s.load() for s in chunk], [prompts.prompts[s.prompt] for s in chunk]))
+    model = options.get("name") or ("random tiny CLIP" if options.get("random_weights") else
+                                    f"{options.get('arch', 'ViT-L-14')}/{options.get('pretrained', 'openai')}")
+    return {"clip_score": float(np.concatenate(values).mean()), "clip_score_model": model}
 
 
 # Metrics computed from images and their prompts (no reference batch), by name.
@@ -245,11 +217,33 @@ def score(names: Sequence[str], samples: Sequence[Sample], prompts: PromptSet, o
     return results
 
 
+STAMPS_FILE = "t2i-scored.json"  # per metric: the shards and options its value in metrics.json was computed from
+
+
+def _stamp(run_dir: Path, prompts: PromptSet, options: Mapping[str, Any]) -> str:
+    from harness.metrics.evaluate import list_shards
+
+    shards = ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in list_shards(run_dir))
+    return json.dumps([shards, prompts.digest, sorted((k, repr(v)) for k, v in options.items())])
+
+
 def evaluate_prompt_run(run_dir: Path, names: Sequence[str], prompts: PromptSet, device: torch.device | str = "cpu",
                         options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
-    """The text-to-image metrics of one generated run (its shards' labels are prompt indices)."""
-    layout = "geneval" if any(n.startswith("geneval") for n in names) else "hpsv3"
-    return score(names, run_samples(Path(run_dir), prompts, layout), prompts, Path(run_dir), device, options)
+    """The text-to-image metrics of one generated run (its shards' labels are prompt indices). A metric already in
+    metrics.json for the same shards, prompts and options is kept, not recomputed (a rerun resumes)."""
+    run_dir = Path(run_dir)
+    stamps_path = run_dir / STAMPS_FILE
+    stamps = json.loads(stamps_path.read_text()) if stamps_path.is_file() else {}
+    current = {n: _stamp(run_dir, prompts, (options or {}).get(n, {})) for n in names}
+    metrics = json.loads((run_dir / METRICS_FILE).read_text()) if (run_dir / METRICS_FILE).is_file() else {}
+    todo = [n for n in names if stamps.get(n) != current[n] or n not in metrics]
+    if not todo:
+        return {}
+    layout = "geneval" if any(n.startswith("geneval") for n in todo) else "hpsv3"
+    results = score(todo, run_samples(run_dir, prompts, layout), prompts, run_dir, device, options)
+    stamps.update({n: current[n] for n in todo})
+    stamps_path.write_text(json.dumps(stamps, indent=1) + "\n")
+    return results
 
 
 def evaluate_folder(folder: Path, names: Sequence[str], out_dir: Path | None = None,

@@ -7,6 +7,11 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 
+# Dry runs score with tiny random-weight models: a Mask2Former and a CLIP for GenEval, a CLIP for clip_score, and
+# the HPSv3 worker's tiny Qwen2-VL backend in this environment. Nothing is read from disk or downloaded.
+DRY_OPTIONS = {"geneval": {"random_weights": True}, "clip_score": {"random_weights": True},
+               "hpsv3": {"random_weights": True}}
+
 
 def evaluate_prompt_runs(suite, runs: Sequence, runs_root: Path, device: str | None, dry=None) -> None:
     """metrics.json (and GenEval's results.jsonl) of every run for the suite's text-to-image metrics.
@@ -27,11 +32,11 @@ def evaluate_prompt_runs(suite, runs: Sequence, runs_root: Path, device: str | N
         raise HarnessError(f"run(s) {', '.join(missing)} have no samples under {runs_root / suite.name}; "
                            "run `harness generate` first")
     dev = distributed.resolve_device(device)
-    options = None
-    if dry is not None:
-        from harness.metrics.t2i_dry import dry_options
+    options = DRY_OPTIONS if dry is not None else None
+    if dry is None:
+        from harness.assets import require_assets
 
-        options = dry_options(dev)
+        require_assets(runs, suite.root, generate=False, evaluate=True)
     prompts = load_prompts(suite.prompts, suite.root)
     for run in runs:
         evaluate_prompt_run(run_dir_of(runs_root, run), names, prompts, dev, options)
@@ -46,11 +51,7 @@ def evaluate_sample_folder(folder: Path, metrics: str | None, out: str | None, d
 
     names = metrics.split(",") if metrics else [detect_layout(folder)]
     dev = distributed.resolve_device(device)
-    options = None
-    if dry_run:
-        from harness.metrics.t2i_dry import dry_options
-
-        options = dry_options(dev)
+    options = DRY_OPTIONS if dry_run else None
     results = evaluate_folder(folder, names, Path(out) if out else None, dev, options)
     for key, value in results.items():
         print(f"{key}: {value:.5f}" if isinstance(value, float) else f"{key}: {value}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from harness.prompts.files import read_prompt_file
 from harness.prompts.geneval import IMAGES_PER_PROMPT as geneval_ipp
 from harness.prompts.geneval import geneval_prompts
@@ -43,12 +45,11 @@ def load_prompts(spec: str, root: str | Path | None = None) -> PromptSet:
     return read_prompt_file(resolve_prompts(spec, root))
 
 
-def prompt_indices(samples: int, images_per_prompt: int) -> "np.ndarray":
+def prompt_indices(samples: int, images_per_prompt: int) -> np.ndarray:
     """The prompt index of every image of a run: image i gets prompt i // images_per_prompt."""
-    import numpy as np
-
     return np.arange(samples, dtype=np.int64) // images_per_prompt
 
 
-__all__ = ["PROMPT_SETS", "PromptSet", "default_images_per_prompt", "geneval_prompts", "hpsv3_prompts", "load_prompts", "prompt_indices",
+__all__ = ["PROMPT_SETS", "PromptSet", "default_images_per_prompt", "geneval_prompts", "hpsv3_prompts", "load_prompts",
+           "prompt_indices",
            "read_prompt_file", "resolve_prompts"]

@@ -27,8 +27,10 @@ def export_run(run_dir: Path, layout: str, out: Path, root: Path | None = None) 
     return WRITERS[layout](images, labels, prompts, Path(out))
 
 
-def export(target: Path, layout: str, out: Path, root: Path | None = None, only: str | None = None) -> list[Path]:
-    """A run folder is exported into `out`; a suite's generated runs each into out/<run-id>."""
+def export(target: Path, layout: str, out: Path, root: Path | None = None, only: str | None = None,
+           runs_dir: Path | None = None) -> list[Path]:
+    """A run folder is exported into `out`; a suite's generated runs (under `runs_dir`, default <root>/runs) each
+    into out/<run-id>."""
     target = Path(target)
     if target.is_dir():
         return [Path(out)] if export_run(target, layout, Path(out), root) else []
@@ -36,7 +38,7 @@ def export(target: Path, layout: str, out: Path, root: Path | None = None, only:
     from harness.suite import load_suite
 
     suite = load_suite(target, root=root)
-    runs_root = (Path(root) if root else Path.cwd()) / "runs"
+    runs_root = Path(runs_dir) if runs_dir else (Path(root) if root else Path.cwd()) / "runs"
     folders = []
     for run in suite.select(only):
         export_run(run_dir_of(runs_root, run), layout, Path(out) / run.run_id, root)
@@ -50,13 +52,15 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument("--format", required=True, choices=LAYOUTS, help="the official layout to write")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to write (a suite: DIR/<run-id>)")
     parser.add_argument("--only", metavar="REGEX", help="with a suite: only the runs whose id matches")
+    parser.add_argument("--runs-dir", metavar="DIR", help="with a suite: its runs folder (default: ROOT/runs)")
     parser.add_argument("--root", metavar="DIR", help="repository root (default: the current directory)")
     parser.set_defaults(func=main_export)
     return parser
 
 
 def main_export(args: argparse.Namespace) -> int:
-    for folder in export(Path(args.target), args.format, Path(args.out), Path(args.root) if args.root else None,
-                         args.only):
+    root = Path(args.root) if args.root else None
+    for folder in export(Path(args.target), args.format, Path(args.out), root, args.only,
+                         Path(args.runs_dir) if args.runs_dir else None):
         print(f"wrote {folder} ({args.format} layout)")
     return 0

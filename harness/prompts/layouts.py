@@ -145,7 +145,8 @@ def read_hpsv3(folder: Path) -> tuple[PromptSet, list[Sample]]:
             text_path = path.with_suffix(".txt")
             if not text_path.is_file():
                 raise HarnessError(f"{path}: no {text_path.name} beside it with its prompt (HPSv3's layout)")
-            prompt = "\n".join(text_path.read_text().splitlines())  # benchmark.py: '\n'.join(readlines())
+            with open(text_path) as fp:
+                prompt = "\n".join(fp.readlines())  # as benchmark.py reads it (line ends kept, then joined)
             prompts.append(prompt)
             metadata.append({"category": category.name, "prompt": prompt})
             samples.append(Sample(str(path.relative_to(folder)), len(prompts) - 1, _loader(path)))

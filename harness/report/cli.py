@@ -49,9 +49,50 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     return parser
 
 
+def suite_paper_map(spec: str) -> dict[str, list[str]]:
+    """Run id -> its `paper` references, from a suite TOML (empty for a bare suite name)."""
+    if not spec.endswith(".toml"):
+        return {}
+    from harness.suite import load_suite
+
+    return {run.run_id: list(run.paper) for run in load_suite(spec).runs if run.paper}
+
+
+def has_runs(runs_dir: str | Path, name: str) -> bool:
+    """Whether any run of the suite has been generated (a run folder with its manifest)."""
+    folder = Path(runs_dir) / name
+    return folder.is_dir() and any((p / "manifest.json").is_file() for p in folder.iterdir())
+
+
+def write_paper_only(name: str, spec: str, reports_dir: str | Path, meta: dict[str, Any]) -> Path:
+    """reports/<suite>/ before any run exists: the paper's tables with the reported columns and every measured one
+    missing, and a report.md that says so."""
+    import pandas as pd
+
+    from harness.report.page import paper_section, what_was_run
+    from harness.report.paper_tables import write_paper_tables
+
+    out = Path(reports_dir) / name
+    tables_md = write_paper_tables(pd.DataFrame({"run": []}), suite_paper_map(spec) or None, out)[0]
+    note = ("No run of this suite has been generated yet, so every measured column is missing (—); "
+            f"`harness bench {spec}` fills them.")
+    nothing = pd.DataFrame({"run": [], "device": []})
+    sections = [f"# Report: {name}", note, what_was_run(name, nothing, {}, meta), paper_section(tables_md)]
+    path = out / "report.md"
+    path.write_text("\n\n".join(s for s in sections if s) + "\n")
+    return path
+
+
 def main_report(args: argparse.Namespace) -> int:
-    """Run `harness report`: write reports/<suite>/ and print the path of report.md; returns the exit status."""
+    """Run `harness report`: write reports/<suite>/ and print the path of report.md; returns the exit status.
+
+    With --paper and no generated run yet, only the paper's tables are written (reported values, measured ones
+    missing)."""
     name, meta = suite_name_and_meta(args.suite)
+    if args.paper and not has_runs(args.runs_dir, name):
+        print(f"wrote {write_paper_only(name, args.suite, args.reports_dir, meta)} (no runs yet: reported values "
+              "only)")
+        return 0
     path = write_report(name, args.runs_dir, args.reports_dir, meta, getattr(args, "paper_map", None),
                         True if args.paper else None)
     print(f"wrote {path}")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.errors import HarnessError
 from harness.testbed.detector import WorldDetector, color_name, foreground_strength
 
 BOOTSTRAP = 1000
@@ -41,29 +42,32 @@ def bootstrap_intervals(records: Sequence[Mapping[str, Any]], prefix: str = "gen
     return out
 
 
+def scorer(device: str | torch.device = "cpu", weights: str | None = None):
+    """GenEval's per-image scorer (harness.metrics.geneval_score) with the world detector and palette colours."""
+    from harness.metrics.geneval_score import GenEvalScorer
+
+    return GenEvalScorer(WorldDetector(weights, device=device), palette_colors)
+
+
 def judge_images(images: np.ndarray, metadata: Sequence[Mapping[str, Any]], detector: WorldDetector) -> list[dict]:
     """GenEval result records of uint8 images (B, H, W, 3) against their prompts' metadata (one each)."""
-    from harness.metrics.geneval import color_requests, result_record
+    from harness.metrics.geneval_score import GenEvalScorer
 
-    records = []
-    for i, (image, meta) in enumerate(zip(images, metadata)):
-        detections = detector.detect(image)
-        for classname, objects in color_requests(meta, detections).items():
-            for obj, color in zip(objects, palette_colors(image, classname, objects)):
-                obj["color"] = color
-        records.append(result_record(f"{i:05}.png", meta, detections, detector=detector.name))
-    return records
+    score = GenEvalScorer(detector, palette_colors)
+    return [score(image, meta, f"{i:05}.png") for i, (image, meta) in enumerate(zip(images, metadata))]
 
 
 def score_geneval_testbed(samples, prompts, out_dir: Path, device: torch.device,
                           options: Mapping[str, Any]) -> dict[str, Any]:
-    """GenEval's scoring with the world detector and palette colours; columns renamed geneval -> geneval_testbed."""
+    """GenEval's scoring with the world detector and palette colours; columns renamed geneval -> geneval_testbed.
+    Option `weights`: another shape classifier file."""
     from harness.metrics.geneval import read_results
     from harness.metrics.t2i import RESULTS_FILE, score_geneval
 
-    opts = {"detector_object": WorldDetector(options.get("weights"), device=device), "classify": palette_colors,
-            **{k: v for k, v in options.items() if k != "weights"}}
-    result = score_geneval(samples, prompts, out_dir, device, opts)
+    unknown = set(options) - {"weights"}
+    if unknown:
+        raise HarnessError(f"geneval_testbed: unknown option(s) {sorted(unknown)}; it takes 'weights'")
+    result = score_geneval(samples, prompts, out_dir, device, {"scorer": scorer(device, options.get("weights"))})
     renamed = {"geneval_testbed" + key[len("geneval"):]: value for key, value in result.items()}
     renamed.update(bootstrap_intervals(read_results(Path(out_dir) / RESULTS_FILE)))
     return renamed

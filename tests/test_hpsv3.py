@@ -1,0 +1,96 @@
+"""HPSv3 worker protocol end to end (tiny random-weight Qwen2-VL in the main environment) and benchmark.py's summary.
+The official backend (hpsv3 in .venv-hpsv3) is not run here: installing it pulls a CUDA torch and deepspeed."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from harness.errors import HarnessError
+from harness.metrics.hpsv3 import HPSv3Worker, metric_columns, read_prompt, summarize, worker_python
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hpsv3")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        paths.append(folder / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (48 + 8 * i, 64, 3), dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+def test_worker_scores_over_the_protocol(images):
+    prompts = ["a red car", "two cats on a sofa", "a watercolor painting of a lighthouse at dusk"]
+    with HPSv3Worker("tiny", device="cpu", python=sys.executable, batch_size=2) as worker:
+        assert worker.info == {"ready": True, "backend": "tiny", "device": "cpu", "dtype": "torch.float32"}
+        scores = worker.score(images, prompts)
+        assert scores.shape == (3,) and np.isfinite(scores).all() and len(set(scores.round(6))) == 3
+        # an image's score does not depend on its batch or position (padding is masked)
+        np.testing.assert_allclose(worker.score(images[::-1], prompts[::-1])[::-1], scores, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(worker.score(images[2:], prompts[2:]), scores[2:], rtol=1e-4, atol=1e-5)
+        assert worker.score(images[:1], ["another prompt"])[0] != pytest.approx(scores[0])
+        with pytest.raises(HarnessError, match="image file not found: .*missing.png"):
+            worker.score([images[0].parent / "missing.png"], ["x"])
+        # raw lines: the worker answers each with one JSON line (nothing else reaches stdout) and keeps serving
+        for raw, error in [(json.dumps({"images": [str(images[0])], "prompts": ["a", "b"]}), "1 images but 2 prompts"),
+                           ("not json", "JSONDecodeError"), (json.dumps({"prompts": []}), "KeyError")]:
+            worker.process.stdin.write(raw + "\n")
+            worker.process.stdin.flush()
+            assert error in worker._receive()["error"]
+        arrays = [np.asarray(Image.open(p)) for p in images]
+        np.testing.assert_allclose(worker.score_images(arrays, prompts), scores, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="2 images but 1 prompts"):
+        worker.score(images[:2], ["x"])
+
+
+def test_official_backend_refuses_the_cpu_unless_forced_and_names_the_make_target():
+    with pytest.raises(HarnessError, match="make hpsv3-env"):
+        HPSv3Worker("hpsv3", device="cpu", force_cpu=True, python=sys.executable)  # hpsv3 is not installed here
+    with pytest.raises(HarnessError, match="needs a GPU"):
+        HPSv3Worker("hpsv3", device="cpu", python=sys.executable)
+
+
+def test_official_worker_checks_its_weights_before_starting(tmp_path, monkeypatch):
+    from harness.metrics.hpsv3 import open_worker
+
+    monkeypatch.setenv("HARNESS_ASSETS", str(tmp_path))
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda *args, **kwargs: None)  # an empty cache
+    with pytest.raises(HarnessError, match="harness assets --fetch hpsv3`"):
+        open_worker(tmp_path)
+    (tmp_path / "hpsv3").mkdir()
+    (tmp_path / "hpsv3" / "HPSv3.safetensors").write_bytes(b"")
+    with pytest.raises(HarnessError, match="harness assets --fetch qwen2-vl-7b-instruct"):
+        open_worker(tmp_path)
+    (tmp_path / "Qwen2-VL-7B-Instruct").mkdir()
+    (tmp_path / "Qwen2-VL-7B-Instruct" / "config.json").write_text("{}")
+    monkeypatch.delenv("HARNESS_HPSV3_PYTHON", raising=False)
+    with pytest.raises(HarnessError, match="make hpsv3-env"):  # weights found; the environment is what is missing
+        open_worker(tmp_path)
+
+
+def test_worker_python_is_the_side_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("HARNESS_HPSV3_PYTHON", raising=False)
+    with pytest.raises(HarnessError, match="make hpsv3-env"):
+        worker_python(tmp_path)
+    (tmp_path / ".venv-hpsv3" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv-hpsv3" / "bin" / "python").write_text("")
+    assert worker_python(tmp_path) == str(tmp_path / ".venv-hpsv3" / "bin" / "python")
+    monkeypatch.setenv("HARNESS_HPSV3_PYTHON", "/opt/py")
+    assert worker_python(tmp_path) == "/opt/py"
+
+
+def test_summary_is_benchmark_py_calculate_category_stats(tmp_path):
+    stats = summarize({"Animals": [10.0, 8.0], "Food": [5.0], "Plants": []})
+    assert stats["Animals"] == {"count": 2, "mean": 9.0, "std": 1.0, "min": 8.0, "max": 10.0}
+    assert stats["Plants"] == {"count": 0, "mean": 0.0, "std": 0.0, "min": 0.0, "max": 0.0}
+    # OVERALL: unweighted mean of the non-empty categories' means (7.0, not 23/3), std of those means
+    assert stats["OVERALL"] == {"count": 3, "mean": 7.0, "std": 2.0, "min": 5.0, "max": 10.0}
+    assert metric_columns(stats) == {"hpsv3": 7.0, "hpsv3_animals": 9.0, "hpsv3_food": 5.0, "hpsv3_plants": 0.0}
+    with pytest.raises(HarnessError, match="no scores"):
+        summarize({"Food": []})
+    (tmp_path / "a.txt").write_text("a cat\nsitting\n")
+    assert read_prompt(tmp_path / "a.txt") == "a cat\n\nsitting\n"  # the official reader's quirk, kept
