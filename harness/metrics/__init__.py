@@ -59,7 +59,8 @@ METRIC_KINDS = ("fd", "is", "precision", "recall", "class_acc", "prompt")
 # Extractors registered by modules that this package must not import eagerly: imported on first use.
 _PLUGINS = {"testbed": "harness.testbed.features"}
 # Built-in reference images, `<name>:<count>` in a suite: "module:function" returning uint8 NHWC for a count.
-REFERENCE_SOURCES = {"testbed": "harness.testbed.features:reference_images"}
+REFERENCE_SOURCES = {"testbed": "harness.testbed.features:reference_images",
+                     "scenes": "harness.testbed.scenes:reference_images"}  # the text testbed's scenes
 _BUILTIN_REFERENCE = re.compile(r"^([a-z]+):(\d+)$")
 _NAME = re.compile(r"^[a-z][a-z0-9]*$")
 
@@ -168,5 +169,7 @@ register_metric(MetricSpec("recall", True, "inception", "pool", "recall", "ADM r
 register_metric(MetricSpec("class_acc", True, "testbed", "logits", "class_acc", "testbed classifier accuracy"))
 # Text-to-image metrics: computed from the images and their prompts (harness.metrics.t2i), no reference batch.
 register_metric(MetricSpec("geneval", True, "", "", "prompt", "GenEval overall: mean of its six task scores"))
+register_metric(MetricSpec("geneval_testbed", True, "", "", "prompt",
+                           "GenEval's rules on the text testbed (world detector, palette colours)"))
 register_metric(MetricSpec("hpsv3", True, "", "", "prompt", "HPSv3 reward: mean of the category means"))
 register_metric(MetricSpec("clip_score", True, "", "", "prompt", "CLIP score: 100 x cosine, clipped at 0"))

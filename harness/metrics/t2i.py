@@ -173,6 +173,15 @@ SCORERS: dict[str, Callable[..., dict[str, Any]]] = {"geneval": score_geneval, "
                                                       "clip_score": score_clip}
 
 
+def _score_geneval_testbed(*args, **kwargs) -> dict[str, Any]:
+    from harness.testbed.geneval_testbed import score_geneval_testbed  # the text testbed's world detector
+
+    return score_geneval_testbed(*args, **kwargs)
+
+
+SCORERS["geneval_testbed"] = _score_geneval_testbed
+
+
 #################################################################################
 #                          Runs and external folders                            #
 #################################################################################
@@ -230,7 +239,7 @@ def evaluate_prompt_run(run_dir: Path, names: Sequence[str], prompts: PromptSet,
     todo = [n for n in names if stamps.get(n) != current[n] or n not in metrics]
     if not todo:
         return {}
-    layout = "geneval" if "geneval" in todo else "hpsv3"
+    layout = "geneval" if any(n.startswith("geneval") for n in todo) else "hpsv3"
     results = score(todo, run_samples(run_dir, prompts, layout), prompts, run_dir, device, options)
     stamps.update({n: current[n] for n in todo})
     stamps_path.write_text(json.dumps(stamps, indent=1) + "\n")

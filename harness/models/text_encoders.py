@@ -86,6 +86,15 @@ def _random_factory(options: dict[str, Any], device: torch.device, root: Path | 
 TEXT_ENCODERS: dict[str, TextEncoderFactory] = {"random": _random_factory}
 
 
+def _testbed_words(options: dict[str, Any], device: torch.device, root: Path | None) -> TextEncoder:
+    from harness.testbed.words import load_word_encoder  # the text testbed's own word encoder
+
+    return load_word_encoder(options, device, root)
+
+
+TEXT_ENCODERS["testbed_words"] = _testbed_words
+
+
 def build_text_encoder(name: str, options: dict[str, Any] | None = None, device: torch.device | str = "cpu",
                        root: Path | None = None) -> TextEncoder:
     """The encoder registered as `name`, built with `options`; HarnessError for an unknown name or bad options."""

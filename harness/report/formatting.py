@@ -12,7 +12,7 @@ from harness.report.results import COST_HIGHER_IS_BETTER, metric_higher_is_bette
 MISSING = "—"
 _DISPLAY_NAMES = {
     "fid": "FID", "sfid": "sFID", "is": "IS", "precision": "Prec.", "recall": "Rec.", "class_acc": "class acc.",
-    "geneval": "GenEval", "hpsv3": "HPSv3", "gflops": "GFLOPs", "gflops_full": "GFLOPs (attn.)",
+    "geneval": "GenEval", "geneval_testbed": "GenEval (testbed)", "hpsv3": "HPSv3", "gflops": "GFLOPs", "gflops_full": "GFLOPs (attn.)",
     "tflops_image": "TFLOPs/img", "img_per_s": "img/s", "delta_gflops": "ΔGFLOPs", "nfe": "NFE",
     "gamma_strong": "γ_strong", "gamma_weak": "γ_weak", "omega": "ω",
 }
@@ -30,7 +30,7 @@ def display_name(column: str) -> str:
         return _DISPLAY_NAMES[column]
     if column.startswith("fd_"):
         return f"FD ({column[3:]})"
-    for prefix in ("hpsv3_", "geneval_"):  # per-category scores, titled by category as in the paper
+    for prefix in ("hpsv3_", "geneval_testbed_", "geneval_"):  # per-category scores, titled by category as in the paper
         if column.startswith(prefix):
             return column[len(prefix):].replace("_", " ").capitalize()
     return column.replace("_", " ")

@@ -17,6 +17,7 @@ DETECTORS: dict[str, str] = {
     "mask2former": "harness.metrics.detectors.mask2former:build",  # mmdet's checkpoint in transformers, no mmcv
     "mmdet": "harness.metrics.detectors.mmdet:build",  # the official stack, where installed
 }
+DETECTORS["testbed"] = "harness.testbed.detector:WorldDetector"  # the text-to-image testbed's world detector
 
 
 def build_detector(name: str, **options: Any) -> Detector:

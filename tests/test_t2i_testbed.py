@@ -1,0 +1,107 @@
+"""The text-to-image testbed: GenEval-style world, word encoder, world detector with GenEval's rules, training, suite."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from harness.errors import HarnessError
+from harness.guidance import GuidanceSpec, Schedule
+from harness.metrics.detectors import build_detector
+from harness.metrics.geneval import summarize
+from harness.models import build_model
+from harness.models.text_encoders import build_text_encoder
+from harness.prompts import load_prompts
+from harness.prompts.encode import prompt_conditions
+from harness.sampling import SamplerSpec, generate
+from harness.suite import load_suite
+from harness.testbed import scenes, train, words
+from harness.testbed.detector import WorldDetector
+from harness.testbed.geneval_testbed import bootstrap_intervals, judge_images
+
+
+def test_evaluation_set_is_committed_in_genevals_format_and_held_out_where_feasible():
+    lines = scenes.EVAL_FILE.read_text().splitlines()
+    assert [json.loads(line) for line in lines] == scenes.evaluation_prompts()  # the file is what the grammar says
+    metas = scenes.evaluation_prompts()
+    assert [m["tag"] for m in metas] == [t for t in scenes.TASKS for _ in range(scenes.EVAL_COUNTS[t])]
+    counting = next(m for m in metas if m["tag"] == "counting")
+    assert counting["exclude"] == [{"class": counting["include"][0]["class"],
+                                    "count": counting["include"][0]["count"] + 1}]
+    position = next(m for m in metas if m["tag"] == "position")
+    assert position["include"][1]["position"][1] == 0 and len(position["include"]) == 2
+    training = {m["prompt"] for task in scenes.training_prompts().values() for m in task}
+    for m in metas:
+        assert (m["prompt"] in training) == (m["tag"] not in scenes.HELD_OUT_TASKS)
+    assert len(load_prompts(str(scenes.EVAL_FILE))) == len(metas)  # the prompt plumbing reads it
+
+
+def test_world_detector_scores_rendered_scenes_by_genevals_rules():
+    metas = [m for m in scenes.evaluation_prompts() if m["tag"] != "counting"][::6]
+    detector = build_detector("testbed")
+    assert isinstance(detector, WorldDetector)
+    right = summarize(judge_images(scenes.draw(metas, 11), metas, detector))
+    shuffled = metas[1:] + metas[:1]  # every scene judged against another prompt
+    wrong = summarize(judge_images(scenes.draw(shuffled, 11), metas, detector))
+    assert right["geneval_images"] >= 0.9
+    assert wrong["geneval_images"] <= 0.3
+    found = detector.detect(scenes.draw([metas[0]], 3)[0])
+    top = max(found.items(), key=lambda kv: max(d["score"] for d in kv[1]))[0]
+    assert top == metas[0]["include"][0]["class"]
+
+
+def test_bootstrap_intervals_bracket_task_scores():
+    records = [{"tag": t, "correct": i % k == 0} for t, k in (("a", 2), ("b", 4)) for i in range(40)]
+    ci = bootstrap_intervals(records, prefix="g")
+    assert ci["g_a_ci"][0] < 0.5 < ci["g_a_ci"][1] and ci["g_b_ci"][0] < 0.25 < ci["g_b_ci"][1]
+    assert ci["g_ci"][0] < 0.375 < ci["g_ci"][1]
+
+
+def test_word_encoder_vocabulary_null_caption_and_loading(tmp_path):
+    ids, mask = words.tokenize(["a photo of two crosses", ""])
+    assert mask.sum(1).tolist() == [6, 1]
+    with pytest.raises(HarnessError, match="vocabulary"):
+        words.tokenize(["a photo of a dog"])
+    with pytest.raises(HarnessError, match="not found"):
+        build_text_encoder("testbed_words", {"checkpoint": str(tmp_path / "missing.safetensors")})
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(HarnessError, match="does not load"):
+        build_text_encoder("testbed_words", {"checkpoint": str(bad)})
+    with pytest.raises(HarnessError, match="bad options"):
+        build_text_encoder("testbed_words", {"checkpoints": "x"})
+
+
+def test_t2i_training_part_writes_loadable_checkpoints_and_a_record(tmp_path):
+    train.main(["--only", "t2i", "--steps", "4", "--batch", "4", "--pool", "16", "--early-step", "2",
+                "--out", str(tmp_path)])
+    record = json.loads((tmp_path / "testbed_record.json").read_text())["t2i"]
+    assert record["steps"] == 4 and record["early_step"] == 2 and np.isfinite(record["log"][-1]["loss"])
+    spec = train.t2i_spec()
+    for name in ("t2i_testbed", "t2i_testbed_early"):
+        spec.checkpoint = str(tmp_path / f"{name}.safetensors")
+        build_model(spec)  # strict load into the suite's architecture
+        encoder = build_text_encoder("testbed_words", {"checkpoint": str(tmp_path / f"{name}_text.safetensors")})
+        states, mask = encoder.encode(["a photo of a red disc"])
+        assert states.shape == (1, words.MAX_LEN, words.WIDTH) and mask.sum() == 7
+
+
+def test_suite_runs_the_t2i_path_and_prompts_matter_on_committed_models():
+    suite = load_suite("suites/t2i_testbed.toml")
+    assert {"geneval_testbed", "fd_testbed"} <= set(suite.metrics)
+    run = next(r for r in suite.runs if r.guidance.method == "cfg")
+    prompts = load_prompts(suite.prompts, suite.root)
+    models = {}
+    for role, spec in run.models.items():
+        models[role] = build_model(spec)
+        models[role].conditions = prompt_conditions(spec, prompts)
+    conds = torch.tensor([0, 0, 40, 40])  # "a photo of a disc" twice, then a colour prompt twice
+    sampler = SamplerSpec("euler", 6)
+    cfg, labels = generate(models, run.guidance, sampler, [0, 1, 2, 3], conds)
+    sg, _ = generate(models, GuidanceSpec("sg", 2.0, Schedule(start=0.5), Schedule(start=0.9)), sampler, [0, 1, 2, 3],
+                     conds)
+    assert cfg.shape == (4, 32, 32, 3) and cfg.dtype == np.uint8 and labels.tolist() == conds.tolist()
+    assert not np.array_equal(cfg, sg)
+    other, _ = generate(models, run.guidance, sampler, [0, 1, 2, 3], torch.tensor([1, 1, 41, 41]))
+    assert np.abs(cfg.astype(int) - other.astype(int)).mean() > 0.5  # another prompt, another image
