@@ -307,7 +307,7 @@ class Evaluator:
         )
         path = run_dir / METRICS_FILE
         merged = json.loads(path.read_text()) if path.is_file() else {}
-        merged.update(results, samples=sum(npz_image_count(p) for p in shards))
+        merged.update(results)
         _atomic_write(path, lambda temp: temp.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n"))
         return results
 
