@@ -199,6 +199,7 @@ def run_search(suite: Suite, runs: Sequence[Run], options: SearchOptions, dry=No
         previous = _previous(path)
         evaluate = RungEvaluator(suite, options, dry)
         costs = point_costs(runs, options, cache)
+        check_budget(runs, costs, budget, options.rungs)
     distributed.barrier()
 
     record = start_record(suite.name, runs, options, budget)
@@ -222,12 +223,24 @@ def replay(runs: Sequence[Run], options: SearchOptions, costs: dict[str, dict[st
     runs = list(runs)
     budget = parse_budget(options.budget, full_grid_samples(runs))
     by_id = {r.run_id: r for r in runs}
+    check_budget(runs, costs, budget, options.rungs)
     record = start_record(runs[0].suite, runs, options, budget)
     candidates, have = runs, {r.run_id: 0 for r in runs}
     for index in range(len(options.rungs)):
         decide_rung(record, index, candidates, have, costs, budget, evaluate, options)
         candidates = [by_id[r] for r in record["rungs"][index]["promoted"]]
     return record
+
+
+def check_budget(runs: Sequence[Run], costs: dict[str, dict[str, Any]], budget: Budget,
+                 rungs: Sequence[int]) -> None:
+    """Before anything is generated: the budget pays for the first rung and for one point taken to the top."""
+    first = sum(rungs[0] * image_price(costs[r.run_id], budget) for r in runs)
+    to_top = min((rungs[-1] - rungs[0]) * image_price(costs[r.run_id], budget) for r in runs)
+    if first + to_top > budget.amount + 1e-9:
+        raise HarnessError(f"--budget {budget.text}: the first rung ({rungs[0]} samples per point) and one point "
+                           f"taken on to {rungs[-1]} cost {first + to_top:.6g} {budget.unit}, more than the "
+                           "budget; raise it or lower --rungs")
 
 
 def start_record(suite_name: str, runs: Sequence[Run], options: SearchOptions, budget: Budget) -> dict[str, Any]:
@@ -259,12 +272,6 @@ def decide_rung(record: dict[str, Any], index: int, candidates: Sequence[Run], h
         have[run.run_id] = samples
     record["samples_spent"] = sum(record["samples"].values())
     record["fraction_of_full_grid"] = record["samples_spent"] / record["samples_full_grid"]
-    if index == 0 and len(options.rungs) > 1:
-        to_top = min((options.rungs[-1] - samples) * image_price(costs[r.run_id], budget) for r in candidates)
-        if record["budget_spent"] + to_top > budget.amount + 1e-9:
-            raise HarnessError(f"--budget {budget.text}: the first rung ({samples} samples per point) and one "
-                               f"point taken on to {options.rungs[-1]} cost {record['budget_spent'] + to_top:.6g} "
-                               f"{budget.unit}, more than the budget; raise it or lower --rungs")
     rung = {"samples": samples, "evaluations": evaluations,
             "scores": [dataclasses.asdict(s) for s in scores], "promoted": [], "pruned": []}
     last = index == len(options.rungs) - 1
