@@ -261,3 +261,17 @@ def test_dry_search_of_the_imagenet_ablation(tmp_path, capsys):
     assert math.isfinite(record["rungs"][0]["scores"][0]["value"])
     report = (tmp_path / "reports" / "imagenet256_ablation-dryrun" / "report.md").read_text()
     assert "dry run with random weights" in report and "## Search" in report
+
+
+def test_search_by_throughput_under_a_gpu_hour_budget(tiny_suite, tmp_path):
+    out = tmp_path / "runs"
+    assert main(["search", str(tiny_suite), "--out", str(out), "--reports", str(tmp_path / "reports"),
+                 "--device", "cpu", "--cost", "img_per_s", "--budget", "1h"]) == 0
+    record = json.loads((out / "tiny_search" / "search.json").read_text())
+    assert record["cost"] == "img_per_s" and record["budget"]["unit"] == "gpu_hours"
+    rates = {run: json.loads((out / "tiny_search" / run / "cost.json").read_text())["img_per_s"]
+             for run in record["points"]}
+    assert all(rate > 0 for rate in rates.values())
+    spent = sum(n / rates[run] / 3600 for run, n in record["samples"].items())
+    assert record["budget_spent"] == pytest.approx(spent) and spent < 1
+    assert all(s["cost"] == -rates[s["run"]] for s in record["rungs"][0]["scores"])  # more img/s is better

@@ -84,13 +84,13 @@ def counted_costs(runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
             for run in runs}
 
 
-def point_costs(runs: Sequence[Run], options: SearchOptions, cache: ModelCache | None) -> dict[str, dict[str, Any]]:
+def point_costs(runs: Sequence[Run], options: SearchOptions, budget: Budget,
+                cache: ModelCache | None) -> dict[str, dict[str, Any]]:
     """cost.json of every point (rank 0): counted FLOPs always; measured throughput when the cost axis or a
     GPU-hour budget needs it. A cost.json already there for the same config is kept."""
     from harness.runner import measure_costs
 
-    needs_timing = options.cost == "img_per_s" or options.budget.strip().lower().endswith(("h", "hour", "hours"))
-    if needs_timing:
+    if options.cost == "img_per_s" or budget.unit == "gpu_hours":
         measure_costs(runs, options.runs_root, options.device, dry_run=options.dry_run, cache=cache)
     out = {}
     for run in runs:
@@ -198,7 +198,7 @@ def run_search(suite: Suite, runs: Sequence[Run], options: SearchOptions, dry=No
                 shutil.rmtree(run_dir_of(options.runs_root, run), ignore_errors=True)
         previous = _previous(path)
         evaluate = RungEvaluator(suite, options, dry)
-        costs = point_costs(runs, options, cache)
+        costs = point_costs(runs, options, budget, cache)
         check_budget(runs, costs, budget, options.rungs)
     distributed.barrier()
 
