@@ -53,6 +53,10 @@ def test_promotions_stay_within_the_allowance_most_promising_first():
     two = choose_promotions(scores, prices, allowance=25)
     assert len(two) == 2 and "dominated" not in two
     assert two == choose_promotions(list(scores), dict(prices), allowance=25)  # a function of the scores alone
+    # the current front goes first: the cheapest point, though its margin to its same-cost peer is the largest
+    layered = [Score("cheap_best", 1.0, 20.0, 19.0, 21.0), Score("cheap_peer", 1.0, 20.5, 18.0, 22.0),
+               Score("dear", 2.0, 19.0, 16.0, 23.0), Score("dear_peer", 2.0, 19.5, 16.5, 22.5)]
+    assert choose_promotions(layered, {s.run: 1.0 for s in layered}, allowance=2) == ["cheap_best", "dear"]
     assert len(choose_promotions(scores, prices, allowance=1)) == 1  # the best one still goes on when the
     assert choose_promotions(scores, prices, allowance=1, at_least_one=False) == []  # budget allows it
 

@@ -112,15 +112,27 @@ def margins(scores: Sequence[Score]) -> dict[str, float]:
     return out
 
 
+def front_layers(scores: Sequence[Score]) -> dict[str, int]:
+    """Each point's Pareto layer by point values: 0 for the current front, 1 for the front of the rest, ..."""
+    layers, rest, depth = {}, list(scores), 0
+    while rest:
+        on = set(front(rest))
+        layers.update({p.run: depth for p in rest if p.run in on})
+        rest, depth = [p for p in rest if p.run not in on], depth + 1
+    return layers
+
+
 def choose_promotions(scores: Sequence[Score], prices: Mapping[str, float], allowance: float,
                       at_least_one: bool = True) -> list[str]:
-    """The points that go to the next rung: those not surely dominated, most promising first (by margin, then
-    input order), as many as `allowance` pays for at `prices` (what each point's next images cost), and with
-    `at_least_one` the most promising even when the allowance is smaller (the caller checks the budget holds it)."""
+    """The points that go to the next rung: those not surely dominated, most promising first (the current front
+    by point values, then the next Pareto layer, ...; within a layer by margin, then input order), as many as
+    `allowance` pays for at `prices` (what each point's next images cost), and with `at_least_one` the most
+    promising even when the allowance is smaller (the caller checks that the budget holds it)."""
     dominated = dominators(scores)
-    margin = margins(scores)
+    margin, layer = margins(scores), front_layers(scores)
     order = {s.run: i for i, s in enumerate(scores)}
-    alive = sorted((s.run for s in scores if dominated[s.run] is None), key=lambda r: (margin[r], order[r]))
+    alive = sorted((s.run for s in scores if dominated[s.run] is None),
+                   key=lambda r: (layer[r], margin[r], order[r]))
     chosen, spent = [], 0.0
     for run in alive:
         if spent + prices[run] > allowance + 1e-9 and (chosen or not at_least_one):
