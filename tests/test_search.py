@@ -116,6 +116,11 @@ def test_search_finds_the_full_grids_front_with_a_quarter_of_its_samples(grid):
         assert top[s.run]["value"] == pytest.approx(s.value, rel=1e-12)
     again = replay(runs, options, costs, lambda run, n: prefix[run.run_id][str(n)])
     assert again == record
+    if grid == "full":  # the real `harness search` (torchrun, 2 processes) measured and decided the same
+        real = json.loads((FIXTURES / "search_run.json").read_text())
+        for key in ("promotions", "front", "samples", "samples_spent", "samples_full_grid"):
+            assert real[key] == record[key], key
+        assert [r["scores"] for r in real["rungs"]] == [r["scores"] for r in record["rungs"]]
 
 
 def test_reference_is_the_prefix_measurement_at_full_samples():

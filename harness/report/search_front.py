@@ -100,8 +100,9 @@ def search_section(df: pd.DataFrame, record: dict[str, Any], out_dir: Path) -> s
              f"`harness search` ({display_name(record['metric'])} against {record['cost']}, budget "
              f"{record['budget']['text']}){state}: spent **{spent:,} of the {full:,} samples** the full grid needs "
              f"({100 * spent / full:.1f}%, a saving of {100 * (1 - spent / full):.1f}%). A point went on to the next "
-             "rung only while no cheaper-or-equal point's bootstrap interval lay wholly below its own; the samples "
-             "column of the results table is what each point got.", "", markdown_table(rungs), "",
+             "rung only while no cheaper-or-equal point's bootstrap interval lay wholly below its own, the current "
+             "front first, as far as the budget allowed; the samples column of the results table is what each "
+             "point got.", "", markdown_table(rungs), "",
              f"Front ({len(record['front'])} points at {max(record['rung_samples'])} samples): "
              + ", ".join(f"`{r}`" for r in record["front"]), "",
              f"![search front]({png}) ([PDF]({pdf}))", "", "`search.json` holds every rung's scores and decisions."]
