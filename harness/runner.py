@@ -389,11 +389,26 @@ def _preflight(runs: Sequence[Run], runs_root: Path, fresh: bool, root: Path | N
     return {run.run_id: "new" if fresh else check_manifest(run, run_dir_of(runs_root, run)) for run in runs}
 
 
+def prefix_shards(run: Run, upto: int | None = None) -> list[range]:
+    """The shards of a run's first `upto` images (all of them for None); `upto` must end on a shard boundary, so
+    that generating more later keeps every shard already written (harness search's rungs)."""
+    shards = plan_shards(run.samples, run.batch_size)
+    if upto is None or upto >= run.samples:
+        return shards
+    if upto < 1 or upto % run.batch_size:
+        raise HarnessError(f"run {run.run_id!r}: {upto} images is not a whole number of shards of batch_size "
+                           f"{run.batch_size}")
+    return shards[:upto // run.batch_size]
+
+
 def generate_run(run: Run, run_dir: Path, cache: ModelCache, env: dict[str, Any], state: str = "new",
-                 fresh: bool = False, dry_run: bool = False, adm_npz: bool = False) -> RunResult:
+                 fresh: bool = False, dry_run: bool = False, adm_npz: bool = False,
+                 upto: int | None = None) -> RunResult:
     """Generate this process's missing shards of one run; rank 0 writes the manifest and the ADM npz.
 
     `env` is environment()'s record for the manifest; `state` is what check_manifest said about the run folder.
+    `upto` generates only the run's first images (whole shards; harness search): the run stays the same run,
+    marked incomplete until all its shards exist.
     """
     rank, world = distributed.get_rank(), distributed.get_world_size()
     device = cache.device
@@ -413,7 +428,8 @@ def generate_run(run: Run, run_dir: Path, cache: ModelCache, env: dict[str, Any]
     models = cache.run_models(run, run_dir.parent)
     decode = cache.decoder(run.models["main"].vae)
     all_labels = prompt_labels(run) if run.prompts else run_labels(run, models["main"].num_classes)
-    mine = rank_shards(plan_shards(run.samples, run.batch_size), rank, world)
+    planned = prefix_shards(run, upto)
+    mine = rank_shards(planned, rank, world)
     expected = {s.start: (all_labels[s.start:s.stop] if all_labels is not None else None) for s in mine}
     todo = [s for s in mine if not shard_is_valid(shard_path(run_dir, s.start), s, expected[s.start])]
     kept = sum(len(s) for s in mine) - sum(len(s) for s in todo)
@@ -432,35 +448,39 @@ def generate_run(run: Run, run_dir: Path, cache: ModelCache, env: dict[str, Any]
     distributed.barrier()
 
     if distributed.is_main():
-        _finish(run, run_dir)
-        if adm_npz:
+        _finish(run, run_dir, planned)
+        complete = all(shard_path(run_dir, s.start).is_file() for s in plan_shards(run.samples, run.batch_size))
+        if adm_npz and complete:
             write_adm_npz(run_dir, run.samples)
-        write_json(run_dir / MANIFEST, make_manifest(run, env, dry_run, complete=True))
+        write_json(run_dir / MANIFEST, make_manifest(run, env, dry_run, complete=complete))
     return RunResult(run.run_id, run_dir, sum(len(s) for s in todo), kept, seconds)
 
 
-def _finish(run: Run, run_dir: Path) -> None:
-    """Rank 0, after every rank is done: each planned shard is present and no other shard is in the folder."""
-    planned = {shard_path(run_dir, s.start) for s in plan_shards(run.samples, run.batch_size)}
+def _finish(run: Run, run_dir: Path, shards: Sequence[range]) -> None:
+    """Rank 0, after every rank is done: each planned shard is present and no shard outside the run's plan is in
+    the folder (a run generated only up to a prefix may already hold more of its own shards)."""
+    planned = {shard_path(run_dir, s.start) for s in shards}
+    allowed = {shard_path(run_dir, s.start) for s in plan_shards(run.samples, run.batch_size)}
     present = set(run_dir.glob(SHARD_GLOB))
     if planned - present:
         raise HarnessError(f"run {run.run_id!r}: shard(s) missing after generation: "
                            f"{', '.join(sorted(p.name for p in planned - present))}")
-    if present - planned:
+    if present - allowed:
         raise HarnessError(f"run {run.run_id!r}: {run_dir} holds shard(s) outside this run's plan "
-                           f"({', '.join(sorted(p.name for p in present - planned))}); pass --fresh to start over")
+                           f"({', '.join(sorted(p.name for p in present - allowed))}); pass --fresh to start over")
 
 
 def generate_suite(suite: Suite, runs: Sequence[Run] | None = None, runs_root: str | Path | None = None,
                    device: str | None = None, fresh: bool = False, adm_npz: bool = False,
                    dry_run: bool = False, dry_vae_config: dict[str, Any] | None = None,
-                   cache: ModelCache | None = None) -> list[RunResult]:
+                   cache: ModelCache | None = None, upto: int | None = None) -> list[RunResult]:
     """Generate the samples of `runs` (default: all of the suite's), resuming where earlier attempts stopped.
 
     Under torchrun every rank calls this with the same arguments; the process group is joined here (NCCL on CUDA,
     gloo on CPU). `runs_root` defaults to <root>/runs; `device` defaults to cuda if available, else cpu. `dry_run`
     marks the manifests and builds random models and VAEs (from `dry_vae_config`, default SD-VAE's) instead of
     reading weights (harness.dryrun prepares such a suite). A given `cache` keeps the built models for later stages.
+    `upto` generates only each run's first `upto` images (whole shards; harness search).
     """
     runs = list(suite.runs if runs is None else runs)
     root_dir = Path(runs_root) if runs_root is not None else suite.root / "runs"
@@ -470,8 +490,8 @@ def generate_suite(suite: Suite, runs: Sequence[Run] | None = None, runs_root: s
     distributed.barrier()  # every rank has read the old manifests before rank 0 rewrites them
     cache = cache or ModelCache(dev, dry_run, dry_vae_config, suite.root)
     env = environment(dev) if distributed.is_main() else {}
-    return [generate_run(run, run_dir_of(root_dir, run), cache, env, states[run.run_id], fresh, dry_run, adm_npz)
-            for run in runs]
+    return [generate_run(run, run_dir_of(root_dir, run), cache, env, states[run.run_id], fresh, dry_run, adm_npz,
+                         upto) for run in runs]
 
 
 def measure_costs(runs: Sequence[Run], runs_root: str | Path, device: str | None = None, dry_run: bool = False,

@@ -133,6 +133,20 @@ def list_shards(run_dir: str | os.PathLike) -> list[Path]:
     return [path for _, path in found]
 
 
+def first_shards(run_dir: str | os.PathLike, samples: int) -> list[Path]:
+    """The shards holding exactly a run's first `samples` images; HarnessError when they do not end there."""
+    chosen, count = [], 0
+    for path in list_shards(run_dir):
+        if count >= samples:
+            break
+        chosen.append(path)
+        count += npz_image_count(path)
+    if count != samples:
+        raise HarnessError(f"{run_dir}: its shards hold {count} images where the first {samples} end, not "
+                           f"{samples} (fewer images, or a shard boundary elsewhere)")
+    return chosen
+
+
 def _shard_images(shards: Sequence[Path]) -> Iterator[np.ndarray]:
     """arr_0 of each shard in order (uint8 NHWC), one shard in memory at a time."""
     for shard in shards:
@@ -267,15 +281,19 @@ class Evaluator:
             _save_npz(path, {**features, "signature": np.array(signature)})
         return features
 
-    def evaluate(self, run_dir: str | os.PathLike, metrics: Sequence[str]) -> dict[str, float | list[float]]:
-        """Compute metrics for one run and merge them into its metrics.json; returns the new values."""
+    def evaluate(self, run_dir: str | os.PathLike, metrics: Sequence[str],
+                 samples: int | None = None) -> dict[str, float | list[float]]:
+        """Compute metrics for one run and merge them into its metrics.json; returns the new values.
+
+        `samples` evaluates only the run's first images (whole shards; harness search), all of them by default.
+        """
         run_dir = Path(run_dir)
         for name in metrics:
             spec = get_metric(name)
             provided = get_extractor_spec(spec.extractor).provides
             if spec.feature not in provided:
                 raise HarnessError(f"metric {name} needs '{spec.feature}' features, which {spec.extractor} lacks")
-        shards = list_shards(run_dir)
+        shards = list_shards(run_dir) if samples is None else first_shards(run_dir, samples)
         sample_features: dict[str, dict[str, np.ndarray]] = {}
 
         def samples(name: str) -> dict[str, np.ndarray]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +18,7 @@ from harness.report.formatting import MISSING, arrow, display_name, fmt_context,
 from harness.report.paper_tables import write_paper_tables
 from harness.report.pareto import pareto_figures
 from harness.report.results import collect_results, metric_columns, read_manifests, shard_paths
+from harness.report.search_front import SEARCH_FILE, read_search, search_section
 from harness.report.uncertainty import half_width, tied_with_best
 
 GRID_IMAGES = 16
@@ -151,8 +153,12 @@ def write_report(suite_name: str, runs_dir: str | Path = "runs", reports_dir: st
     tables_md = None
     if paper or (paper is None and paper_map):
         tables_md = write_paper_tables(df, paper_map, out)[0]
+    search = read_search(runs_dir, suite_name)
+    if search is not None:
+        (out / SEARCH_FILE).write_text(json.dumps(search, indent=2) + "\n")
     sections = [f"# Report: {suite_name}", dry_run_banner(manifests),
                 what_was_run(suite_name, df, manifests, suite_meta), results_table(df),
+                search_section(df, search, out) if search is not None else None,
                 pareto_section(figures, out), paper_section(tables_md), samples_section(grids, out)]
     path = out / "report.md"
     path.write_text("\n\n".join(s for s in sections if s) + "\n")
