@@ -31,6 +31,8 @@ DRY_SUFFIX = "-dryrun"
 DRY_SAMPLES = 4  # per run: the fewest that precision/recall (k = 3 nearest neighbours) accept
 DRY_STEPS = 2
 REDRAW_STD = 0.02
+SMALL = "small"  # --dry-run-arch default without a GPU: each model as the smallest architecture of its family
+FULL = "full"  # --dry-run-arch default on a GPU: the suite's own architectures
 REFERENCE_FILE = "reference-dryrun.npz"
 INCEPTION_FILE = "inception-random.pth"
 # What a substituted architecture keeps from the suite's model (its data space: the VAE and classes it expects),
@@ -42,8 +44,9 @@ _SHAPE = ("patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio", "decod
 
 @dataclass(frozen=True)
 class DryRun:
-    """What a dry run sets: images per run, sampling steps, and optionally a smaller architecture for every model
-    (then also a narrow VAE of the same latent layout, for quick checks and tests)."""
+    """What a dry run sets: images per run, sampling steps, and the architecture: the suite's own (None or FULL),
+    SMALL (each model as the smallest of its family: small_arch), or one given for every model; any smaller
+    architecture also gets a narrow VAE of the same latent layout."""
 
     samples: int = DRY_SAMPLES
     steps: int = DRY_STEPS
@@ -55,8 +58,21 @@ class DryRun:
                                f"(precision and recall use 3 nearest neighbours)")
         if self.steps < 1:
             raise HarnessError(f"--steps {self.steps}: must be >= 1")
-        if self.arch is not None and self.arch not in ARCHS:
-            raise HarnessError(f"--dry-run-arch {self.arch!r}: unknown architecture; known: {', '.join(ARCHS)}")
+        if self.arch not in (None, SMALL, FULL, *ARCHS):
+            raise HarnessError(f"--dry-run-arch {self.arch!r}: unknown architecture; known: {SMALL}, {FULL}, "
+                               f"{', '.join(ARCHS)}")
+
+
+def small_arch(arch: str) -> str:
+    """The architecture of `arch`'s family (the name before '-') and patch size with the fewest weights: what a
+    CPU dry run builds instead (SiT-XL/2 -> SiT-S/2); `arch` itself when nothing smaller exists."""
+    family, patch = arch.split("-")[0], arch.rsplit("/", 1)[-1] if "/" in arch else None
+    same = [a for a in ARCHS if a.split("-")[0] == family and (a.rsplit("/", 1)[-1] if "/" in a else None) == patch]
+
+    def size(a: str) -> int:
+        return ARCHS[a]["depth"] * ARCHS[a]["hidden_size"] ** 2
+
+    return min(same, key=lambda a: (size(a), a != arch))
 
 
 @dataclass(frozen=True)
@@ -70,6 +86,7 @@ class DrySuite:
     source_reference: Path | None  # the real reference batch its images are taken from, when present
     vae_config: dict[str, Any] | None  # the random VAE's architecture (None: SD-VAE's)
     meta: dict[str, Any]  # the settings report.md prints
+    substituted: dict[str, tuple[str, str]]  # model key -> (suite's architecture, the one built instead)
 
     @property
     def inception_weights(self) -> Path:
@@ -153,10 +170,13 @@ def load_dry_suite(path: str | Path, root: str | Path | None, runs_root: str | P
     folder = Path(runs_root) / name if runs_root is not None else root / "runs" / name
     dry["suite"].update(name=name, samples=options.samples, batch_size=min(original.batch_size, options.samples))
     dry.setdefault("sampler", {})["steps"] = options.steps  # load_suite's overrides below also reach every run
+    substituted = {}
     for key, table in dry["models"].items():
         table.pop("checkpoint", None)
-        if options.arch:
-            _substitute_arch(table, key, options.arch, original)
+        arch = small_arch(table["arch"]) if options.arch == SMALL else options.arch
+        if arch not in (None, FULL, table["arch"]):
+            substituted[key] = (table["arch"], arch)
+            _substitute_arch(table, key, arch, original)
     reference = source = None
     if isinstance(original.reference, Path) and original.metrics:
         reference = folder / REFERENCE_FILE
@@ -166,15 +186,19 @@ def load_dry_suite(path: str | Path, root: str | Path | None, runs_root: str | P
     from harness.models.vae import SMALL_VAE_CONFIG
     from harness.report.cli import suite_meta
 
-    vae_config = dict(SMALL_VAE_CONFIG) if options.arch else None
+    vae_config = dict(SMALL_VAE_CONFIG) if substituted else None
     origin = (f"the first images of {source}" if source else "random images") if reference else "as in the suite"
+    archs = {new for _, new in substituted.values()}
+    if len(archs) == 1 and len(substituted) == len(dry["models"]):
+        built = f"; every model as {archs.pop()}"
+    else:
+        built = "".join(f"; [models.{k}] {old} built as {new}" for k, (old, new) in substituted.items())
     meta = {"dry run": f"random weights (zero-initialised layers redrawn from N(0, {REDRAW_STD})), a random "
                        f"{'narrow ' if vae_config else ''}VAE, random Inception weights; reference: {origin}; "
-                       f"per run {options.samples} samples, {options.steps} sampling step(s)"
-                       + (f"; every model as {options.arch}" if options.arch else ""),
+                       f"per run {options.samples} samples, {options.steps} sampling step(s){built}",
             **suite_meta(dry)}
-    return DrySuite(suite, options, folder, reference, source, vae_config, meta)
+    return DrySuite(suite, options, folder, reference, source, vae_config, meta, substituted)
 
 
-__all__ = ["DRY_SAMPLES", "DRY_STEPS", "DRY_SUFFIX", "DryRun", "DrySuite", "image_size", "load_dry_suite",
-           "redraw_zero_init"]
+__all__ = ["DRY_SAMPLES", "DRY_STEPS", "DRY_SUFFIX", "FULL", "SMALL", "DryRun", "DrySuite", "image_size",
+           "load_dry_suite", "redraw_zero_init", "small_arch"]
