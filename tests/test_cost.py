@@ -20,7 +20,7 @@ from harness.cost import (
 from harness.errors import HarnessError
 from harness.guidance import GuidanceSpec, Schedule
 from harness.models import ModelSpec, build_model
-from harness.models.dit import DiTConfig, SparseDiT, num_sparse
+from harness.models.dit import COND_ROWS, DiTConfig, SparseDiT, num_sparse
 from harness.plan import TOTAL_ROW, add_plan_parser, format_plan, plan_table
 from harness.sampling import GuidedDenoiser, SamplerSpec, draw_labels, draw_noise, make_generators, sample
 from harness.suite import load_suite
@@ -127,21 +127,22 @@ def test_counts_match_fvcore_and_flop_counter_on_real_models(spec, gamma):
     config = spec.config()[0]
     torch.manual_seed(0)
     net = SparseDiT(config).eval()
-    x = torch.randn(1, config.in_channels, config.input_size, config.input_size)
-    t, y = torch.rand(1), torch.zeros(1, dtype=torch.long)
+    b = COND_ROWS  # a full row block of the padded conditioning, so that every counted row is an image
+    x = torch.randn(b, config.in_channels, config.input_size, config.input_size)
+    t, y = torch.rand(b), torch.zeros(b, dtype=torch.long)
     gflops, gflops_full = count_forward(config, gamma)
 
     analysis = FlopCountAnalysis(_Forward(net, gamma), (x, t, y))
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     by_op = analysis.by_operator()
-    assert by_op["linear"] + by_op["conv"] == round(gflops * 1e9)  # fvcore's linear and conv handles, exactly
+    assert by_op["linear"] + by_op["conv"] == b * round(gflops * 1e9)  # fvcore's linear and conv handles, exactly
     assert analysis.unsupported_ops()["aten::scaled_dot_product_attention"] > 0  # fused attention: 0 in fvcore
     assert set(by_op) <= {"linear", "conv", "layer_norm", "einsum"}  # the rest: LayerNorm and unpatchify, not MACs
 
     with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
         net(x, t, y, gamma)
-    assert counter.get_total_flops() == round(gflops_full * 2e9)
+    assert counter.get_total_flops() == b * round(gflops_full * 2e9)
 
 
 def _block_macs(dim: int, tokens: int, mlp_ratio: float = 4.0) -> tuple[int, int]:
