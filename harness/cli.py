@@ -168,7 +168,8 @@ def evaluate_runs(suite, runs, runs_root: Path, device: str | None, dry=None) ->
     evaluator_cls = _stage("harness.metrics.evaluate", "Evaluator", "evaluate")
     evaluator = evaluator_cls(str(suite.reference), distributed.resolve_device(device),
                               reference_cache_dir=runs_root / suite.name,
-                              extractor_options=dry.extractor_options if dry is not None else None)
+                              extractor_options=dry.extractor_options if dry is not None else None,
+                              **({"bootstrap": 0} if dry is not None else {}))  # a few random images: no intervals
     start = time.perf_counter()
     for run in tqdm(runs, desc="metrics", unit="run", dynamic_ncols=True, leave=False):
         evaluator.evaluate(run_dir_of(runs_root, run), list(run.metrics))
