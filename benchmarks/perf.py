@@ -1,14 +1,14 @@
 """`make perf`: sampling speed of unguided, CFG, SG(0.5, 0.9) and masking on this device, next to their FLOPs.
 
-A benchmark, not a test: it times the harness's real sampling loop (harness.cost.measure_throughput) on a model
-with random weights, prints seconds per step, the measured SG-vs-CFG speedup beside the FLOP ratio, and the harness
-loop beside a bare loop of the same model calls, and writes reports/perf/perf.json. Targets (speedup at least 0.9
-of the FLOP-predicted one, harness overhead under 3%) are printed as pass / fail, never asserted.
+A benchmark, not a test: it times the harness's real sampling loop (harness.cost.measure_throughput) on models with
+random weights at several model sizes and batch sizes, prints seconds per step and SG's measured speedup over CFG
+beside the FLOP ratio, for routing and for masking, and the harness loop beside a bare loop of the same model calls;
+it writes reports/perf/perf.json. Targets (speedup at least 0.9 of the FLOP-predicted one, harness overhead under
+3%) are printed as pass / fail, never asserted.
 
-Defaults: SiT-XL/2 (route r2->24, masking with MaskDiT's decoder) at batch 32, 10 Euler steps on a GPU. On a CPU,
-SiT-S/2 at batch 8, 2 steps: one SiT-XL/2 forward of 8 images takes ~40 s on 2 cores, so the XL/2 shape cannot
-finish in minutes there (pass --arch SiT-XL/2 to time it anyway). Batches below 8 are padded to 8 rows by
-FlowModel.velocity, which would make CFG's batched pair cost what one unguided call costs, so CPU uses 8.
+Defaults: SiT-B/2 and SiT-XL/2 (route r2->depth-4, masking with MaskDiT's decoder) at batches 32 and 64, 10 Euler
+steps on a GPU; on a CPU SiT-S/4 and SiT-S/2 at batches 4 and 8, 2 steps (one SiT-XL/2 forward of 8 images takes
+~40 s on 2 cores; pass --arch SiT-XL/2 to time it anyway). `--precision` and `--compile` time the speed options.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import argparse
 import datetime
 import importlib
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from harness.cost import device_name, measure_throughput, run_cost
 from harness.guidance import GuidanceSpec, Schedule, combine
 from harness.models import ARCHS, ModelSpec, build_model
 from harness.models.adapters import FlowModel
+from harness.precision import PRECISIONS, compile_model
 from harness.sampling import SamplerSpec, draw_labels, draw_noise, make_generators
 
 SPEEDUP_TARGET = 0.9  # measured SG-vs-CFG speedup / FLOP-predicted speedup
@@ -48,22 +50,26 @@ CASES: dict[str, tuple[str, GuidanceSpec]] = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.perf", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--arch", help="architecture (default SiT-XL/2 on a GPU, SiT-S/2 on a CPU)")
-    parser.add_argument("--batch", type=int, help="images per batch (default 32 on a GPU, 8 on a CPU)")
+    parser.add_argument("--arch", nargs="+", help="architectures (default SiT-B/2 SiT-XL/2 on a GPU, SiT-S/4 "
+                                                  "SiT-S/2 on a CPU)")
+    parser.add_argument("--batch", type=int, nargs="+", help="images per batch (default 32 64 on a GPU, 4 8 on a CPU)")
     parser.add_argument("--steps", type=int, help="Euler steps (default 10 on a GPU, 2 on a CPU)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed batches before timing each case")
-    parser.add_argument("--repeats", type=int, help="timed batches per case (default 5 on a GPU, 2 on a CPU)")
+    parser.add_argument("--repeats", type=int, help="timed batches per case (default 5 on a GPU, 3 on a CPU)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="harness.precision setting")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the models (the warm-up compiles)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=Path("reports/perf/perf.json"))
     parser.add_argument("--skip-metrics", action="store_true", help="leave out benchmarks/perf_metrics.py")
     args = parser.parse_args(argv)
     gpu = torch.device(args.device).type == "cuda"
-    args.arch = args.arch or ("SiT-XL/2" if gpu else "SiT-S/2")
-    args.batch = args.batch or (32 if gpu else 8)
+    args.arch = args.arch or (["SiT-B/2", "SiT-XL/2"] if gpu else ["SiT-S/4", "SiT-S/2"])
+    args.batch = args.batch or ([32, 64] if gpu else [4, 8])
     args.steps = args.steps or (10 if gpu else 2)
-    args.repeats = args.repeats or (5 if gpu else 2)
-    if args.arch not in ARCHS:
-        parser.error(f"unknown --arch {args.arch!r}; known: {', '.join(ARCHS)}")
+    args.repeats = args.repeats or (5 if gpu else 3)
+    for arch in args.arch:
+        if arch not in ARCHS:
+            parser.error(f"unknown --arch {arch!r}; known: {', '.join(ARCHS)}")
     return args
 
 
@@ -95,24 +101,25 @@ def bare_cfg_loop(model: FlowModel, batch: int, sampler: SamplerSpec, device: to
     return time.perf_counter() - start
 
 
-def time_case(name: str, model: FlowModel, args: argparse.Namespace, sampler: SamplerSpec,
+def time_case(name: str, model: FlowModel, args: argparse.Namespace, batch: int, sampler: SamplerSpec,
               device: torch.device) -> dict[str, Any]:
     """Timed batches of one case; for CFG each harness batch alternates with a bare-loop batch."""
     guidance = CASES[name][1]
     models = {"main": model}
     if name != "cfg":
-        return measure_throughput(models, guidance, sampler, args.batch, device, warmup=args.warmup,
-                                  repeats=args.repeats)
+        return measure_throughput(models, guidance, sampler, batch, device, warmup=args.warmup,
+                                  repeats=args.repeats, precision=args.precision)
     rounds, bare = [], []
     for r in range(args.repeats):
         warmup = args.warmup if r == 0 else 0
         for _ in range(warmup):
-            bare_cfg_loop(model, args.batch, sampler, device)
-        rounds.append(measure_throughput(models, guidance, sampler, args.batch, device, warmup=warmup, repeats=1))
-        bare.append(bare_cfg_loop(model, args.batch, sampler, device))
+            bare_cfg_loop(model, batch, sampler, device)
+        rounds.append(measure_throughput(models, guidance, sampler, batch, device, warmup=warmup, repeats=1,
+                                         precision=args.precision))
+        bare.append(bare_cfg_loop(model, batch, sampler, device))
     harness = [r["batch_seconds"][0] for r in rounds]
     median = statistics.median(harness)
-    return {**rounds[-1], "img_per_s": args.batch / median, "sec_per_step": median / sampler.steps,
+    return {**rounds[-1], "img_per_s": batch / median, "sec_per_step": median / sampler.steps,
             "img_per_s_e2e": statistics.median(r["img_per_s_e2e"] for r in rounds),
             "peak_mem_mb": max(r["peak_mem_mb"] for r in rounds), "batch_seconds": harness,
             "bare_batch_seconds": bare}
@@ -133,25 +140,20 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run every case, print the table and the two targets, write perf.json; returns 0 (targets only print)."""
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    sampler = SamplerSpec("euler", args.steps)
-    specs = {sparsity: model_spec(args.arch, sparsity) for sparsity in ("routing", "masking")}
-    print(f"perf on {device_name(device)}: {args.arch} (random weights, fp32), batch {args.batch}, "
-          f"{args.steps} Euler steps, {args.warmup} warm-up + {args.repeats} timed batches per case, "
-          f"routing r{specs['routing'].route[0]}->{specs['routing'].route[1]}")
+def measure_config(arch: str, batch: int, args: argparse.Namespace, sampler: SamplerSpec,
+                   device: torch.device) -> dict[str, Any]:
+    """Every case at one architecture and batch size; SG's speedup over CFG, measured and by FLOPs."""
+    specs = {sparsity: model_spec(arch, sparsity) for sparsity in ("routing", "masking")}
     cases: dict[str, dict[str, Any]] = {}
     for sparsity in ("routing", "masking"):
         torch.manual_seed(0)
         model = build_model(specs[sparsity], device=device)
+        if args.compile:
+            model = compile_model(model)
         for name, (case_sparsity, guidance) in CASES.items():
             if case_sparsity != sparsity:
                 continue
-            timing = time_case(name, model, args, sampler, device)
+            timing = time_case(name, model, args, batch, sampler, device)
             weak = guidance.weak.gamma.label() if guidance.weak else "-"
             cases[name] = {**run_cost({"main": specs[sparsity]}, guidance, sampler), **timing,
                            "guidance": f"{guidance.method}, omega {guidance.omega:g}, gamma "
@@ -160,39 +162,63 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
-    print(f"\n{'case':<12}{'GFLOPs':>9}{'full':>9}{'s/step':>10}{'img/s':>9}{'peak MB':>10}")
-    for name, c in cases.items():
-        print(f"{name:<12}{c['gflops']:>9.2f}{c['gflops_full']:>9.2f}{c['sec_per_step']:>10.4f}"
-              f"{c['img_per_s']:>9.2f}{c['peak_mem_mb']:>10.0f}")
-
-    def speedup(strong: str, weak: str) -> tuple[float, float, float]:
+    def speedup(strong: str, weak: str) -> dict[str, float]:
         measured = cases[strong]["sec_per_step"] / cases[weak]["sec_per_step"]
-        return (measured, cases[strong]["gflops_full"] / cases[weak]["gflops_full"],
-                cases[strong]["gflops"] / cases[weak]["gflops"])
+        flops = cases[strong]["gflops_full"] / cases[weak]["gflops_full"]
+        return {"measured": measured, "flops": flops, "flops_fvcore": cases[strong]["gflops"] / cases[weak]["gflops"],
+                "measured_over_flops": measured / flops}
 
-    sg_measured, sg_flops, sg_flops_fvcore = speedup("cfg", "sg")
-    mask_measured, mask_flops, _ = speedup("masking_cfg", "masking_sg")
-    bare = min(cases["cfg"]["bare_batch_seconds"])
-    harness = min(cases["cfg"]["batch_seconds"])
-    overhead = harness / bare - 1
-    speedup_ok = sg_measured >= SPEEDUP_TARGET * sg_flops
-    print(f"\nSG vs CFG speedup: measured {sg_measured:.2f}x, FLOP ratio {sg_flops:.2f}x with attention "
-          f"({sg_flops_fvcore:.2f}x without): {sg_measured / sg_flops:.2f} of predicted "
-          f"[target >= {SPEEDUP_TARGET}: {verdict(speedup_ok)}]")
-    print(f"masking SG vs CFG: measured {mask_measured:.2f}x, FLOP ratio {mask_flops:.2f}x")
-    print(f"harness loop {harness:.4f} s vs bare loop {bare:.4f} s per CFG batch (fastest of {args.repeats}): "
-          f"overhead {100 * overhead:+.2f}% "
+    bare, harness = min(cases["cfg"]["bare_batch_seconds"]), min(cases["cfg"]["batch_seconds"])
+    return {"arch": arch, "batch_size": batch, "routing": speedup("cfg", "sg"),
+            "masking": speedup("masking_cfg", "masking_sg"), "harness_overhead": harness / bare - 1,
+            "routing_route": list(specs["routing"].route), "cases": cases}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every case at every size and batch, print the tables and the targets, write perf.json; returns 0."""
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    sampler = SamplerSpec("euler", args.steps)
+    print(f"perf on {device_name(device)}: {', '.join(args.arch)} (random weights, {args.precision}"
+          f"{', compiled' if args.compile else ''}), batches {', '.join(map(str, args.batch))}, {args.steps} Euler "
+          f"steps, {args.warmup} warm-up + {args.repeats} timed batches per case")
+    configs = []
+    for arch in args.arch:
+        for batch in args.batch:
+            config = measure_config(arch, batch, args, sampler, device)
+            configs.append(config)
+            print(f"\n{arch}, batch {batch} (routing r{config['routing_route'][0]}->{config['routing_route'][1]})")
+            print(f"{'case':<12}{'GFLOPs':>9}{'full':>9}{'s/step':>10}{'img/s':>9}{'spread':>8}{'peak MB':>10}")
+            for name, c in config["cases"].items():
+                print(f"{name:<12}{c['gflops']:>9.2f}{c['gflops_full']:>9.2f}{c['sec_per_step']:>10.4f}"
+                      f"{c['img_per_s']:>9.2f}{c.get('img_per_s_spread', 0):>8.1%}{c['peak_mem_mb']:>10.0f}")
+
+    print(f"\nSG vs CFG speedup, measured / by FLOPs (with attention) [target >= {SPEEDUP_TARGET} of predicted]:")
+    print(f"{'arch':<10}{'batch':>6}{'routing':>22}{'masking':>22}{'overhead':>10}")
+    for c in configs:
+        cells = [f"{c[k]['measured']:.2f}x / {c[k]['flops']:.2f}x {verdict(c[k]['measured_over_flops'] >= SPEEDUP_TARGET)}"
+                 for k in ("routing", "masking")]
+        print(f"{c['arch']:<10}{c['batch_size']:>6}{cells[0]:>22}{cells[1]:>22}{100 * c['harness_overhead']:>+9.2f}%")
+    main_config = configs[-1]
+    routing, masking, overhead = main_config["routing"], main_config["masking"], main_config["harness_overhead"]
+    speedup_ok = routing["measured_over_flops"] >= SPEEDUP_TARGET
+    print(f"harness overhead (harness loop vs bare loop, fastest CFG batch, {main_config['arch']} batch "
+          f"{main_config['batch_size']}): {100 * overhead:+.2f}% "
           f"[target < {100 * OVERHEAD_TARGET:.0f}%: {verdict(overhead < OVERHEAD_TARGET)}]")
 
     report: dict[str, Any] = {
-        "sg_speedup_measured": sg_measured, "sg_speedup_flops": sg_flops, "sg_speedup_flops_fvcore": sg_flops_fvcore,
-        "harness_overhead": overhead, "device": device_name(device),
+        "sg_speedup_measured": routing["measured"], "sg_speedup_flops": routing["flops"],
+        "sg_speedup_flops_fvcore": routing["flops_fvcore"], "harness_overhead": overhead, "device": device_name(device),
         "targets": {"sg_speedup_fraction": SPEEDUP_TARGET, "sg_speedup_pass": speedup_ok,
                     "harness_overhead_max": OVERHEAD_TARGET, "harness_overhead_pass": overhead < OVERHEAD_TARGET},
-        "masking_sg_speedup_measured": mask_measured, "masking_sg_speedup_flops": mask_flops,
-        "arch": args.arch, "batch_size": args.batch, "steps": args.steps, "warmup": args.warmup,
-        "repeats": args.repeats, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "cases": cases,
+        "masking_sg_speedup_measured": masking["measured"], "masking_sg_speedup_flops": masking["flops"],
+        "arch": main_config["arch"], "batch_size": main_config["batch_size"], "steps": args.steps,
+        "warmup": args.warmup, "repeats": args.repeats, "precision": args.precision, "compile": args.compile,
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "load_average": list(os.getloadavg()),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "configs": configs, "cases": main_config["cases"],
     }
     if not args.skip_metrics:
         metrics = perf_metrics(device)

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import importlib
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,8 +35,8 @@ DELEGATED = {
 DRY_RUN_HELP = ("run on random weights (models and VAE from their configs, random Inception weights, a small "
                 "reference batch), a few samples and steps per run, into runs/<suite>-dryrun and "
                 "reports/<suite>-dryrun, every number marked as a dry run; nothing is downloaded. On a CPU the real "
-                "SiT-XL/2 takes about 10-40 s per forward of 8 images and FID/sFID a 2048x2048 matrix square root "
-                "per run (a minute or more): use --only and --dry-run-arch to go faster")
+                "SiT-XL/2 takes about 10-40 s per forward of 8 images, so without a GPU every model is built as the "
+                "smallest architecture of its family unless --dry-run-arch says otherwise")
 
 
 #################################################################################
@@ -58,8 +59,10 @@ def _suite_args(parser: argparse.ArgumentParser, *, samples: bool) -> None:
         parser.add_argument("--steps", type=int, metavar="N", help="sampling steps of every run, overriding the "
                                                                    "suite (dry run default: 2)")
         parser.add_argument("--dry-run-arch", metavar="ARCH",
-                            help="with --dry-run: build every model as this smaller architecture (e.g. SiT-S/8; "
-                                 "same latent space, route clamped to its depth) with a narrow random VAE")
+                            help="with --dry-run: build every model as ARCH (e.g. SiT-S/8; same latent space, route "
+                                 "clamped to its depth) with a narrow random VAE; 'small': each model as the "
+                                 "smallest architecture of its family (SiT-XL/2 -> SiT-S/2), the default without a "
+                                 "GPU; 'full': the suite's own architectures, the default on a GPU")
         parser.add_argument("--fresh", action="store_true",
                             help="delete the selected runs' earlier output and start over")
         parser.add_argument("--adm-npz", action="store_true",
@@ -98,10 +101,15 @@ def _load(args: argparse.Namespace):
     if getattr(args, "dry_run_arch", None) and not args.dry_run:
         raise HarnessError("--dry-run-arch only applies with --dry-run")
     if args.dry_run:
-        from harness.dryrun import DRY_SAMPLES, DRY_STEPS, DryRun, load_dry_suite
+        from harness.dryrun import DRY_SAMPLES, DRY_STEPS, FULL, SMALL, DryRun, load_dry_suite
 
-        options = DryRun(samples or DRY_SAMPLES, steps or DRY_STEPS, getattr(args, "dry_run_arch", None))
-        dry = load_dry_suite(args.suite, args.root, args.out, options)
+        from harness.distributed import resolve_device
+
+        arch = getattr(args, "dry_run_arch", None) or (FULL if resolve_device(args.device).type == "cuda" else SMALL)
+        dry = load_dry_suite(args.suite, args.root, args.out, DryRun(samples or DRY_SAMPLES, steps or DRY_STEPS, arch))
+        for key, (old, new) in dry.substituted.items():
+            print(f"dry run: [models.{key}] {old} built as {new}"
+                  + (" (no GPU; --dry-run-arch full builds the suite's own)" if arch == SMALL else ""))
         return dry.suite, dry.suite.select(args.only), dry
     from harness.suite import load_suite
 
@@ -146,6 +154,8 @@ def evaluate_runs(suite, runs, runs_root: Path, device: str | None, dry=None) ->
     Missing assets (reference batch, Inception weights) stop it before any work; a dry run (`dry`, a DrySuite)
     instead writes and uses its own reference batch and random Inception weights.
     """
+    from tqdm import tqdm
+
     from harness import distributed
     from harness.runner import MANIFEST, run_dir_of
 
@@ -177,9 +187,12 @@ def evaluate_runs(suite, runs, runs_root: Path, device: str | None, dry=None) ->
     evaluator_cls = _stage("harness.metrics.evaluate", "Evaluator", "evaluate")
     evaluator = evaluator_cls(str(suite.reference), distributed.resolve_device(device),
                               reference_cache_dir=runs_root / suite.name,
-                              extractor_options=dry.extractor_options if dry is not None else None)
-    for run in runs:
+                              extractor_options=dry.extractor_options if dry is not None else None,
+                              **({"bootstrap": 0} if dry is not None else {}))  # a few random images: no intervals
+    start = time.perf_counter()
+    for run in tqdm(runs, desc="metrics", unit="run", dynamic_ncols=True, leave=False):
         evaluator.evaluate(run_dir_of(runs_root, run), list(run.metrics))
+    print(f"metrics: {', '.join(suite.metrics)} for {len(runs)} run(s) in {time.perf_counter() - start:.1f} s")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -227,8 +240,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"wrote {write_report(suite.name, runs_root, reports, dry.meta)} (dry run: random weights)")
         return 0
     paper = ["--paper"] if any(run.paper for run in runs) else []  # paper tables when runs map to baselines
-    return run_delegated("report", [str(suite.path), "--runs-dir", str(runs_root), "--reports-dir", str(reports),
-                                    *paper])
+    start = time.perf_counter()
+    status = run_delegated("report", [str(suite.path), "--runs-dir", str(runs_root), "--reports-dir", str(reports),
+                                      *paper])
+    print(f"report: {len(runs)} run(s) in {time.perf_counter() - start:.1f} s")
+    return status
 
 
 def _dry_plan(suite, runs, reports: Path) -> None:

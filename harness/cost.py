@@ -29,7 +29,7 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -40,8 +40,9 @@ from harness.errors import HarnessError
 from harness.guidance import GuidanceSpec
 from harness.models import ModelSpec, family_of
 from harness.models.adapters import FlowModel
-from harness.models.dit import num_sparse
-from harness.sampling import GuidedDenoiser, SamplerSpec, draw_labels, draw_noise, make_generators, sample, to_uint8
+from harness.models.dit import COND_ROWS, num_sparse
+from harness.precision import DEFAULT_PRECISION, precision_context
+from harness.sampling import SamplerSpec, generate, synchronize
 
 aten = torch.ops.aten
 # The fused attention kernels FlopCounterMode can see; their count is what `gflops` leaves out.
@@ -67,21 +68,25 @@ def _fake_network(config) -> tuple[FakeTensorMode, torch.nn.Module]:
 
 @functools.lru_cache(maxsize=None)
 def _count_tokens(config, sparse_tokens: int) -> tuple[int, int]:
-    """(linear/conv FLOPs, attention FLOPs) of one single-image forward with `sparse_tokens` routed or masked."""
+    """(linear/conv FLOPs, attention FLOPs) of one single-image forward with `sparse_tokens` routed or masked.
+
+    Counted on a batch of COND_ROWS images and divided, so that the padding rows of the per-image conditioning
+    (harness.models.dit.pad_rows) are not charged: every count is linear in the batch."""
     n = config.num_tokens
+    batch = COND_ROWS
     gamma = 0.0 if sparse_tokens == 0 else (sparse_tokens + 0.5) / n  # any gamma with int(n * gamma) = sparse_tokens
     mode, net = _fake_network(config)
     counter = FlopCounterMode(display=False, custom_mapping={
         aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flop})
     with mode, torch.no_grad(), sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-        x, t, cond = net.dummy_inputs(1)
+        x, t, cond = net.dummy_inputs(batch)
         with counter:
             net(x, t, cond, gamma)
     counts = counter.get_flop_counts()["Global"]
     attention = sum(v for op, v in counts.items() if op in ATTENTION_OPS)
     if attention == 0:
         raise RuntimeError(f"FlopCounterMode saw no attention kernel among {sorted(map(str, counts))}")
-    return sum(counts.values()) - attention, attention
+    return (sum(counts.values()) - attention) // batch, attention // batch
 
 
 def count_forward(config, gamma: float) -> tuple[float, float]:
@@ -133,17 +138,45 @@ def device_name(device: torch.device | str) -> str:
     return f"{device.type} ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _peak_memory_mb(device: torch.device) -> float:
+def peak_memory_mb(device: torch.device) -> float:
     """Peak memory: allocated GPU memory since the last reset, or the process's peak RSS on the CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def reset_peak_memory(device: torch.device | str) -> None:
+    """Start a new peak for peak_memory_mb on a GPU (a CPU's peak RSS cannot be reset)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    """(first quartile, median, third quartile); all three equal for a single value."""
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, median, q3
+
+
+def throughput_stats(batches: Sequence[Mapping[str, float]], batch_size: int, steps: int) -> dict[str, float | int]:
+    """Robust throughput of timed batches, each {"images", "denoise" s, "total" s}: medians and their spread.
+
+    `img_per_s` is the median of the per-batch rates of the denoising loop, `img_per_s_iqr` their interquartile
+    range and `img_per_s_spread` that range relative to the median (0.1 = the middle half of the batches lies within
+    a 10% band): a median over batches shrugs off the few a busy machine slows down, and the spread says how busy it
+    was. `img_per_s_e2e` also counts labels, noise, decoding and uint8 conversion; `sec_per_step` is a batch of
+    `batch_size` images at the median rate.
+    """
+    if not batches:
+        raise ValueError("no timed batches")
+    rates = [b["images"] / b["denoise"] for b in batches]
+    q1, median, q3 = _quartiles(rates)
+    e2e = statistics.median(b["images"] / b["total"] for b in batches)
+    return {"img_per_s": median, "img_per_s_iqr": q3 - q1, "img_per_s_spread": (q3 - q1) / median,
+            "img_per_s_e2e": e2e, "sec_per_step": batch_size / median / steps, "timed_batches": len(batches)}
 
 
 @torch.no_grad()
@@ -156,54 +189,74 @@ def measure_throughput(
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     warmup: int = 1,
     repeats: int = 3,
+    precision: str = DEFAULT_PRECISION,
 ) -> dict[str, float | int | str | list[float]]:
-    """Time the real sampling loop (sample() over GuidedDenoiser) on batches of `batch_size`; JSON-ready dict.
+    """Time the real generation (harness.sampling.generate) on batches of `batch_size`; JSON-ready dict.
 
-    `warmup` untimed batches first, then `repeats` timed ones, each between device synchronisations. `img_per_s`
-    and `sec_per_step` time the denoising loop alone; `img_per_s_e2e` also draws labels and noise, decodes with
-    `decode` (the VAE, when given) and converts to uint8, as generate() does. Both use the median batch.
-    `peak_mem_mb` is torch.cuda.max_memory_allocated over the timed batches on a GPU, the process's peak RSS on
-    a CPU (which cannot be reset, so it also covers whatever ran before in the process).
+    The timing pass for runs that generated nothing to time (all resumed), and for `make perf`: `warmup` untimed
+    batches, then `repeats` timed ones, summarised by throughput_stats. `peak_mem_mb` is
+    torch.cuda.max_memory_allocated over the timed batches on a GPU, the process's peak RSS on a CPU (which cannot
+    be reset, so it also covers whatever ran before in the process).
     """
     if batch_size < 1 or repeats < 1 or warmup < 0:
         raise ValueError(f"need batch_size >= 1, repeats >= 1, warmup >= 0; got {batch_size}, {repeats}, {warmup}")
     device = torch.device(device)
-    main = models["main"]
-    shape = (main.config.in_channels, main.config.input_size, main.config.input_size)
     seeds = list(range(batch_size))
 
-    def one_batch() -> tuple[float, float]:
-        _sync(device)
-        start = time.perf_counter()
-        generators = make_generators(seeds)
-        count = getattr(main.conditions, "num_prompts", None) or main.num_classes  # prompts of a text model
-        labels = draw_labels(generators, count).to(device)
-        noise = draw_noise(generators, shape).to(device)
-        _sync(device)
-        begin = time.perf_counter()
-        x = sample(GuidedDenoiser(models, guidance), noise, labels, generators, sampler)
-        _sync(device)
-        end = time.perf_counter()
-        to_uint8((decode(x) if decode is not None else x).float())
-        _sync(device)
-        return end - begin, time.perf_counter() - start
+    def one_batch() -> dict[str, float]:
+        timing: dict[str, float] = {"images": batch_size}
+        with precision_context(precision, device):
+            generate(models, guidance, sampler, seeds, device=device, decode=decode, timing=timing)
+        return timing
 
     for _ in range(warmup):
         one_batch()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     timings = [one_batch() for _ in range(repeats)]
-    denoise = statistics.median(t for t, _ in timings)
-    e2e = statistics.median(t for _, t in timings)
     return {
-        "img_per_s": batch_size / denoise,
-        "img_per_s_e2e": batch_size / e2e,
-        "sec_per_step": denoise / sampler.steps,
-        "peak_mem_mb": _peak_memory_mb(device),
+        **throughput_stats(timings, batch_size, sampler.steps),
+        "peak_mem_mb": peak_memory_mb(device),
         "device": device_name(device),
         "batch_size": batch_size,
-        "batch_seconds": [t for t, _ in timings],
+        "batch_seconds": [t["denoise"] for t in timings],
     }
 
 
-__all__ = ["ATTENTION_OPS", "count_forward", "device_name", "measure_throughput", "run_cost"]
+#################################################################################
+#                     The device's own rate: matmul calibration                 #
+#################################################################################
+
+
+@functools.lru_cache(maxsize=None)
+def matmul_calibration(device: str, precision: str = DEFAULT_PRECISION, seconds: float = 0.3) -> float:
+    """GMAC/s of square matmuls on `device` at `precision` (the best of repeated timings over ~`seconds`).
+
+    The device's attainable rate for dense linear algebra, measured in the MAC convention of `gflops`, so that
+    `utilization` = achieved / calibration compares runs across machines. n = 1024 on a CPU, 8192 on a GPU.
+    Measured once per process for each (device, precision).
+    """
+    dev = torch.device(device)
+    n = 8192 if dev.type == "cuda" else 1024
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=generator).to(dev) for _ in range(2))
+    best = 0.0
+    with torch.no_grad(), precision_context(precision, dev):
+        torch.matmul(a, b)  # first call: library setup
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline or best == 0.0:
+            synchronize(dev)
+            start = time.perf_counter()
+            torch.matmul(a, b)
+            synchronize(dev)
+            best = max(best, n**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def achieved_rate(cost: Mapping[str, float], img_per_s: float, calibration: float) -> dict[str, float]:
+    """GMAC/s the generation reached (`gflops` per step x steps x img/s) and its fraction of the calibration."""
+    achieved = cost["gflops"] * cost["steps"] * img_per_s
+    return {"gflops_per_s": achieved, "calibration_gflops_per_s": calibration, "utilization": achieved / calibration}
+
+
+__all__ = ["ATTENTION_OPS", "achieved_rate", "count_forward", "device_name", "matmul_calibration", "measure_throughput",
+           "peak_memory_mb", "reset_peak_memory", "run_cost", "throughput_stats"]

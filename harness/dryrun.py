@@ -16,6 +16,7 @@ N(0, 0.02) so that methods, gammas and weights give different samples. Real runs
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ DRY_SUFFIX = "-dryrun"
 DRY_SAMPLES = 4  # per run: the fewest that precision/recall (k = 3 nearest neighbours) accept
 DRY_STEPS = 2
 REDRAW_STD = 0.02
+SMALL = "small"  # --dry-run-arch default without a GPU: each model as the smallest architecture of its family
+FULL = "full"  # --dry-run-arch default on a GPU: the suite's own architectures
 REFERENCE_FILE = "reference-dryrun.npz"
 INCEPTION_FILE = "inception-random.pth"
 # What a substituted architecture keeps from the suite's model (its data space: the VAE and classes it expects),
@@ -42,8 +45,9 @@ _SHAPE = ("patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio", "decod
 
 @dataclass(frozen=True)
 class DryRun:
-    """What a dry run sets: images per run, sampling steps, and optionally a smaller architecture for every model
-    (then also a narrow VAE of the same latent layout, for quick checks and tests)."""
+    """What a dry run sets: images per run, sampling steps, and the architecture: the suite's own (None or FULL),
+    SMALL (each model as the smallest of its family: small_arch), or one given for every model; any smaller
+    architecture also gets a narrow VAE of the same latent layout."""
 
     samples: int = DRY_SAMPLES
     steps: int = DRY_STEPS
@@ -55,8 +59,32 @@ class DryRun:
                                f"(precision and recall use 3 nearest neighbours)")
         if self.steps < 1:
             raise HarnessError(f"--steps {self.steps}: must be >= 1")
-        if self.arch is not None and self.arch not in ARCHS:
-            raise HarnessError(f"--dry-run-arch {self.arch!r}: unknown architecture; known: {', '.join(ARCHS)}")
+        if self.arch not in (None, SMALL, FULL, *ARCHS):
+            raise HarnessError(f"--dry-run-arch {self.arch!r}: unknown architecture; known: {SMALL}, {FULL}, "
+                               f"{', '.join(ARCHS)}")
+
+
+def small_arch(arch: str) -> str:
+    """The architecture of `arch`'s model family and patch size with the fewest weights: what a CPU dry run builds
+    instead (SiT-XL/2 -> SiT-S/2, MaskDiT-XL/2 -> MaskDiT-S/2); `arch` itself when nothing smaller exists."""
+    config = ModelSpec(arch).config()[0]
+    patch = getattr(config, "patch_size", None)
+    same = [a for a in ARCHS if type(_preset_config(a)) is type(config)
+            and getattr(_preset_config(a), "patch_size", None) == patch]
+    return min(same, key=lambda a: (_parameters(a), a != arch))
+
+
+@functools.lru_cache(maxsize=None)
+def _preset_config(name: str) -> Any:
+    return ModelSpec(name).config()[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _parameters(name: str) -> int:
+    """Parameter count of a registered architecture (built on the meta device: no memory)."""
+    config = _preset_config(name)
+    with torch.device("meta"):
+        return sum(p.numel() for p in family_of(config).network(config).parameters())
 
 
 @dataclass(frozen=True)
@@ -70,6 +98,7 @@ class DrySuite:
     source_reference: Path | None  # the real reference batch its images are taken from, when present
     vae_config: dict[str, Any] | None  # the random VAE's architecture (None: SD-VAE's)
     meta: dict[str, Any]  # the settings report.md prints
+    substituted: dict[str, tuple[str, str]]  # model key -> (suite's architecture, the one built instead)
 
     @property
     def inception_weights(self) -> Path:
@@ -170,14 +199,7 @@ def random_text_options(config: Any) -> dict[str, int]:
 
 def _same_family_example(config) -> str:
     """The smallest registered architecture (fewest parameters) whose config class is that of `config`."""
-    names = [name for name in ARCHS if type(ModelSpec(name).config()[0]) is type(config)]
-
-    def size(name: str) -> int:
-        with torch.device("meta"):
-            config = ModelSpec(name).config()[0]
-            return sum(p.numel() for p in family_of(config).network(config).parameters())
-
-    return min(names, key=size)
+    return min((name for name in ARCHS if type(_preset_config(name)) is type(config)), key=_parameters)
 
 
 def load_dry_suite(path: str | Path, root: str | Path | None, runs_root: str | Path | None,
@@ -193,10 +215,13 @@ def load_dry_suite(path: str | Path, root: str | Path | None, runs_root: str | P
     folder = Path(runs_root) / name if runs_root is not None else root / "runs" / name
     dry["suite"].update(name=name, samples=options.samples, batch_size=min(original.batch_size, options.samples))
     dry.setdefault("sampler", {})["steps"] = options.steps  # load_suite's overrides below also reach every run
+    substituted = {}
     for key, table in dry["models"].items():
         table.pop("checkpoint", None)
-        if options.arch:
-            _substitute_arch(table, key, options.arch, original)
+        arch = small_arch(table["arch"]) if options.arch == SMALL else options.arch
+        if arch not in (None, FULL, table["arch"]):
+            substituted[key] = (table["arch"], arch)
+            _substitute_arch(table, key, arch, original)
     reference = source = None
     if isinstance(original.reference, Path) and original.metrics:
         reference = folder / REFERENCE_FILE
@@ -214,16 +239,20 @@ def load_dry_suite(path: str | Path, root: str | Path | None, runs_root: str | P
     from harness.models.vae import SMALL_VAE_CONFIG
     from harness.report.cli import suite_meta
 
-    vae_config = dict(SMALL_VAE_CONFIG) if options.arch else None
+    vae_config = dict(SMALL_VAE_CONFIG) if substituted else None
     origin = (f"the first images of {source}" if source else "random images") if reference else "as in the suite"
+    archs = {new for _, new in substituted.values()}
+    if len(archs) == 1 and len(substituted) == len(dry["models"]):
+        built = f"; every model as {archs.pop()}"
+    else:
+        built = "".join(f"; [models.{k}] {old} built as {new}" for k, (old, new) in substituted.items())
     meta = {"dry run": f"random weights (zero-initialised layers redrawn from N(0, {REDRAW_STD})), a random "
                        f"{'narrow ' if vae_config else ''}VAE, random Inception weights; reference: {origin}; "
-                       f"per run {options.samples} samples, {options.steps} sampling step(s)"
-                       + ("; random text encoders" if encoders else "")
-                       + (f"; every model as {options.arch}" if options.arch else ""),
+                       f"per run {options.samples} samples, {options.steps} sampling step(s){built}"
+                       + ("; random text encoders" if encoders else ""),
             **suite_meta(dry)}
-    return DrySuite(suite, options, folder, reference, source, vae_config, meta)
+    return DrySuite(suite, options, folder, reference, source, vae_config, meta, substituted)
 
 
-__all__ = ["DRY_SAMPLES", "DRY_STEPS", "DRY_SUFFIX", "DryRun", "DrySuite", "image_size", "load_dry_suite",
-           "redraw_zero_init"]
+__all__ = ["DRY_SAMPLES", "DRY_STEPS", "DRY_SUFFIX", "FULL", "SMALL", "DryRun", "DrySuite", "image_size",
+           "load_dry_suite", "redraw_zero_init", "small_arch"]

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -28,13 +29,16 @@ from tqdm import tqdm
 import harness
 from harness import distributed
 from harness.errors import HarnessError
+from harness.cost import device_name, peak_memory_mb, reset_peak_memory
 from harness.models import FlowModel, ModelSpec, build_model
+from harness.precision import precision_context
 from harness.sampling import generate
 from harness.suite import NOT_HASHED, Run, Suite
 
 MANIFEST = "manifest.json"
 ADM_NPZ = "samples.npz"
 COST = "cost.json"
+TIMING = "timing.json"  # the timed batches of the generation, which cost.json's throughput comes from
 SHARD_GLOB = "samples-[0-9]*.npz"
 
 
@@ -176,8 +180,6 @@ def _git_commit(root: Path) -> str | None:
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Where samples come from, for the manifest: versions, device, world size, the harness code's git commit."""
-    from harness.cost import device_name  # the same device text as cost.json
-
     return {
         "versions": {"harness": harness.__version__, "torch": torch.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
@@ -283,15 +285,15 @@ class ModelCache:
         self.dry_run = dry_run
         self.vae_config = vae_config
         self.root = root
-        self.models: dict[str, FlowModel] = {}
+        self.models: dict[tuple[str, bool], FlowModel] = {}
         self.decoders: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         self.prompt_sets: dict[str, Any] = {}  # harness.prompts.PromptSet by a suite's `prompts`
         self.encoded: dict[tuple[str, str], Any] = {}  # PromptConditions by (model key, prompts)
 
     def run_models(self, run: Run, cache_dir: Path) -> dict[str, FlowModel]:
-        """The models of a run by role; for a prompt run each gets the prompt set encoded by its text encoder
-        (once per model key and prompt set, cached as a file in `cache_dir`)."""
-        models = {role: self.model(run.model_keys[role], spec) for role, spec in run.models.items()}
+        """The models of a run by role, compiled as its `compile` option asks; for a prompt run each gets the prompt
+        set encoded by its text encoder (once per model key and prompt set, cached as a file in `cache_dir`)."""
+        models = {role: self.model(run.model_keys[role], spec, run.compile) for role, spec in run.models.items()}
         if run.prompts is None:
             return models
         from harness.prompts import load_prompts
@@ -315,10 +317,10 @@ class ModelCache:
             models[role].conditions = self.encoded[key]
         return models
 
-    def model(self, key: str, spec: ModelSpec) -> FlowModel:
-        """The model of [models.<key>]; without a checkpoint its random weights are seeded from the key, so every
-        process and every --only selection builds the same ones."""
-        if key not in self.models:
+    def model(self, key: str, spec: ModelSpec, compiled: bool = False) -> FlowModel:
+        """The model of [models.<key>] (torch.compile'd when `compiled`); without a checkpoint its random weights are
+        seeded from the key, so every process and every --only selection builds the same ones."""
+        if (key, compiled) not in self.models:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
                 model = build_model(spec, self.device)
@@ -326,8 +328,12 @@ class ModelCache:
                     from harness.dryrun import redraw_zero_init
 
                     redraw_zero_init(model)
-                self.models[key] = model
-        return self.models[key]
+            if compiled:
+                from harness.precision import compile_model
+
+                model = compile_model(model)
+            self.models[key, compiled] = model
+        return self.models[key, compiled]
 
     def decoder(self, vae: str | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The latent-to-pixel decoder of a VAE name (None for pixel-space models)."""
@@ -435,19 +441,25 @@ def generate_run(run: Run, run_dir: Path, cache: ModelCache, env: dict[str, Any]
     kept = sum(len(s) for s in mine) - sum(len(s) for s in todo)
     start = time.perf_counter()
     desc = run.run_id if world == 1 else f"{run.run_id} (rank 0 of {world})"
+    batches: list[dict[str, Any]] = []  # the timed batches cost.json's throughput comes from; the first warms up
+    reset_peak_memory(device)
     with tqdm(total=sum(len(s) for s in mine), initial=kept, unit="img", desc=desc, dynamic_ncols=True,
-              disable=not distributed.is_main()) as bar:
+              disable=not distributed.is_main()) as bar, precision_context(run.precision, device):
         for s in todo:
             labels = torch.from_numpy(expected[s.start]) if all_labels is not None else None
+            timing: dict[str, Any] = {"images": len(s), "warmup": not batches}
             images, used_labels = generate(models, run.guidance, run.sampler, [run.seed + i for i in s],
                                            labels=labels, device=device,
-                                           decode=_finite_check(run.run_id, s, decode))
+                                           decode=_finite_check(run.run_id, s, decode), timing=timing)
             write_shard(shard_path(run_dir, s.start), images, used_labels, np.arange(s.start, s.stop))
+            batches.append(timing)
             bar.update(len(s))
     seconds = time.perf_counter() - start
     distributed.barrier()
 
     if distributed.is_main():
+        if batches:
+            record_timing(run, run_dir, batches, device_name(device), peak_memory_mb(device))
         _finish(run, run_dir, planned)
         complete = all(shard_path(run_dir, s.start).is_file() for s in plan_shards(run.samples, run.batch_size))
         if adm_npz and complete:
@@ -494,32 +506,97 @@ def generate_suite(suite: Suite, runs: Sequence[Run] | None = None, runs_root: s
                          upto) for run in runs]
 
 
+def read_timing(run: Run, run_dir: Path, device: str) -> dict[str, Any] | None:
+    """The run's timing.json when it was recorded for this config on this device, else None."""
+    path = run_dir / TIMING
+    try:
+        timing = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(timing, dict) or timing.get("config_hash") != run.config_hash or timing.get("device") != device:
+        return None
+    return timing
+
+
+def record_timing(run: Run, run_dir: Path, batches: list[dict[str, Any]], device: str, peak_mem_mb: float) -> None:
+    """Add this attempt's timed batches to timing.json (those of earlier attempts at the same config and device are
+    kept, so a resumed run's throughput covers all of its batches)."""
+    old = read_timing(run, run_dir, device) or {"batches": [], "peak_mem_mb": 0.0}
+    write_json(run_dir / TIMING, {"config_hash": run.config_hash, "device": device, "batch_size": run.batch_size,
+                                  "precision": run.precision, "compile": run.compile,
+                                  "peak_mem_mb": max(old["peak_mem_mb"], peak_mem_mb),
+                                  "batches": old["batches"] + batches})
+
+
+def throughput_from_timing(run: Run, timing: dict[str, Any]) -> dict[str, Any]:
+    """cost.json's throughput fields from the generation's timed batches.
+
+    Warm-up batches (the first of each attempt: allocations, kernel selection, torch.compile) are left out, and so
+    are shorter last batches (another shape) when full ones exist. A run of a single batch has only its warm-up to
+    report, and says so in `throughput_source`. With compile, `compile_seconds` is the warm-up batch's excess over
+    the median timed batch.
+    """
+    from harness.cost import throughput_stats
+
+    batches = timing["batches"]
+    steady = [b for b in batches if not b["warmup"]]
+    timed = [b for b in steady if b["images"] == run.batch_size] or steady
+    source = "generation" if timed else "generation (warm-up batch only)"
+    stats = throughput_stats(timed or batches, run.batch_size, run.sampler.steps)
+    warmups = [b for b in batches if b["warmup"]]
+    compile_seconds = None
+    if run.compile and warmups and timed:
+        typical = statistics.median(b["total"] / b["images"] for b in timed)
+        compile_seconds = max(0.0, statistics.median(b["total"] - typical * b["images"] for b in warmups))
+    return {**stats, "peak_mem_mb": timing["peak_mem_mb"], "batch_size": run.batch_size,
+            "batch_seconds": [b["denoise"] for b in timed or batches], "throughput_source": source,
+            "compile_seconds": compile_seconds}
+
+
 def measure_costs(runs: Sequence[Run], runs_root: str | Path, device: str | None = None, dry_run: bool = False,
                   dry_vae_config: dict[str, Any] | None = None, root: Path | None = None, warmup: int = 1,
-                  repeats: int = 3, cache: ModelCache | None = None) -> list[Path]:
-    """cost.json per run: FLOPs (harness.cost.run_cost) and timed sampling (harness.cost.measure_throughput).
+                  repeats: int = 2, cache: ModelCache | None = None, progress: bool = True) -> list[Path]:
+    """cost.json per run: FLOPs (harness.cost.run_cost), throughput, and the rate reached against the device's.
 
-    A run whose cost.json was measured for the same config on the same device is kept as it is. `dry_run` and
-    `dry_vae_config` build the models as generate_suite does (or `cache` holds them already); `warmup` and
-    `repeats` go to measure_throughput.
+    Throughput comes from the generation's own timed batches (timing.json, throughput_from_timing). A run with none
+    for its config on this device (every shard was resumed from an earlier process) keeps a cost.json measured for
+    the same config on the same device, or gets a short timing pass (harness.cost.measure_throughput, `warmup` +
+    `repeats` batches) on the models of `cache` (built as generate_suite does from `dry_run` and `dry_vae_config`
+    when not given). Prints one summary line.
     """
-    from harness.cost import device_name, measure_throughput, run_cost
+    from harness.cost import achieved_rate, matmul_calibration, measure_throughput, run_cost
 
     dev = distributed.resolve_device(device)
+    name = device_name(dev)
     cache = cache or ModelCache(dev, dry_run, dry_vae_config, root)
-    written = []
-    for run in runs:
-        path = run_dir_of(runs_root, run) / COST
-        if path.is_file():
+    written, passes = [], 0
+    start = time.perf_counter()
+    for run in tqdm(runs, desc="cost", unit="run", dynamic_ncols=True, disable=not progress, leave=False):
+        run_dir = run_dir_of(runs_root, run)
+        path = run_dir / COST
+        timing = read_timing(run, run_dir, name)
+        if timing is None and path.is_file():
             old = json.loads(path.read_text())
-            if old.get("config_hash") == run.config_hash and old.get("device") == device_name(dev):
+            if old.get("config_hash") == run.config_hash and old.get("device") == name:
                 continue
-        models = cache.run_models(run, path.parent.parent)
-        cost = {**run_cost(run.models, run.guidance, run.sampler),
-                **measure_throughput(models, run.guidance, run.sampler, run.batch_size, dev,
-                                     decode=cache.decoder(run.models["main"].vae), warmup=warmup, repeats=repeats),
+        if timing is not None:
+            throughput = throughput_from_timing(run, timing)
+        else:
+            passes += 1
+            throughput = {**measure_throughput(cache.run_models(run, run_dir.parent), run.guidance, run.sampler,
+                                               run.batch_size, dev, decode=cache.decoder(run.models["main"].vae),
+                                               warmup=warmup, repeats=repeats, precision=run.precision),
+                          "throughput_source": "timing pass", "compile_seconds": None}
+        flops = run_cost(run.models, run.guidance, run.sampler)
+        cost = {**flops, **throughput, "device": name, "precision": run.precision, "compile": run.compile,
+                **achieved_rate(flops, throughput["img_per_s"], matmul_calibration(str(dev), run.precision)),
                 "config_hash": run.config_hash}
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, cost)
         written.append(path)
+    if progress and written:
+        spreads = [json.loads(p.read_text())["img_per_s_spread"] for p in written]
+        distributed.print0(f"cost: {len(written)} run(s) in {time.perf_counter() - start:.1f} s, throughput from "
+                           f"generation for {len(written) - passes}, timing pass for {passes}; img/s spread (IQR / "
+                           f"median) {statistics.median(spreads):.1%} median, {max(spreads):.1%} max")
     return written

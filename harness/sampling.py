@@ -7,6 +7,7 @@ generator seeded with its seed, so image i is the same whatever batch or process
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -220,6 +221,13 @@ def _edm_heun(denoise: Denoise, noise: torch.Tensor, cond: torch.Tensor, generat
     return x.to(noise.dtype)
 
 
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the device's queued work, so that a wall-clock reading covers it (no-op on the CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3) by clamp(127.5 x + 128, 0, 255), as DiT/SiT convert samples."""
     return (127.5 * images + 128.0).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -234,17 +242,28 @@ def generate(
     labels: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    timing: dict[str, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Images (uint8 NHWC) and labels for `seeds`: labels drawn from each seed's generator unless given.
 
-    `decode` maps model space to pixels in [-1, 1] (a VAE); pixel-space models need none.
+    `decode` maps model space to pixels in [-1, 1] (a VAE); pixel-space models need none. A given `timing` dict
+    receives the seconds of the denoising loop (`denoise`) and of the whole call (`total`), between device syncs.
     """
+    synchronize(device)
+    start = time.perf_counter()
     main = models["main"]
     generators = make_generators(seeds)
     if labels is None:
-        labels = draw_labels(generators, main.num_classes)
+        labels = draw_labels(generators, getattr(main.conditions, "num_prompts", None) or main.num_classes)
     cfg = main.config
     noise = draw_noise(generators, (cfg.in_channels, cfg.input_size, cfg.input_size)).to(device)
+    synchronize(device)
+    begin = time.perf_counter()
     x = sample(GuidedDenoiser(models, guidance), noise, labels.to(device), generators, sampler)
+    synchronize(device)
+    end = time.perf_counter()
     pixels = decode(x) if decode is not None else x
-    return to_uint8(pixels.float()), labels.cpu().numpy()
+    images = to_uint8(pixels.float())
+    if timing is not None:
+        timing.update(denoise=end - begin, total=time.perf_counter() - start)
+    return images, labels.cpu().numpy()

@@ -26,6 +26,7 @@ from harness.errors import HarnessError
 from harness.guidance import METHODS, SPARSE_METHODS, GuidanceSpec, Schedule
 from harness.models import ARCHS, ModelSpec
 from harness.models.adapters import CONVENTIONS, DEFAULT_DROPPED, DROPPED
+from harness.precision import DEFAULT_PRECISION, PRECISIONS
 from harness.sampling import SAMPLERS, SamplerSpec
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"  # suite and run names become directory names
@@ -34,6 +35,8 @@ GRID_AXES = {"gamma_strong": "gs", "gamma_weak": "gw", "omega": "omega", "interv
              "weak_model": "weak", "seed": "seed"}
 # Config entries that do not change a single sample: they are kept in the config but not in its hash.
 NOT_HASHED = (("suite", "metrics"), ("suite", "reference"), ("run", "paper"))
+# Entries hashed only when they differ from their default, so runs made before the option existed keep their hash.
+HASHED_UNLESS_DEFAULT = {("run", "precision"): DEFAULT_PRECISION, ("run", "compile"): False}
 # Methods whose weak branch runs on the weak model, and those with a weak branch at all.
 _AG_METHODS = tuple(m for m, weak in METHODS.items() if weak is not None and weak[0] == "weak")
 _SAME_SPACE = ("input_size", "in_channels", "num_classes", "patch_size")  # AG's two models must agree on these
@@ -61,6 +64,8 @@ class SuiteTable(_Table):
     reference: str | None = None
     prompts: str | None = None  # text-to-image: "geneval", "hpsv3" or a .txt / .jsonl file (harness.prompts)
     images_per_prompt: int | None = Field(None, ge=1)  # default: the prompt set's (GenEval 4, others 1)
+    precision: Literal[PRECISIONS] = DEFAULT_PRECISION  # harness.precision; a run may override it
+    compile: bool = False  # torch.compile the models (long runs; compile time is reported apart from throughput)
 
 
 class SamplerTable(_Table):
@@ -193,6 +198,8 @@ class RunTable(_Table):
     paper: list[Annotated[str, Field(pattern=r"^[^:]+:[^:]+$")]] | None = None
     samples: int | None = Field(None, ge=1)
     sampler: RunSamplerTable | None = None
+    precision: Literal[PRECISIONS] | None = None
+    compile: bool | None = None
 
     @field_validator("gamma_strong", "gamma_weak", mode="before")
     @classmethod
@@ -261,6 +268,8 @@ class Run:
     config_hash: str
     prompts: str | None = None  # a built-in prompt set name or an absolute file path (text-to-image)
     images_per_prompt: int = 1
+    precision: str = DEFAULT_PRECISION  # harness.precision.PRECISIONS
+    compile: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -307,6 +316,9 @@ def config_hash(config: dict[str, Any]) -> str:
     hashed = json.loads(json.dumps(config))
     for section, key in NOT_HASHED:
         hashed.get(section, {}).pop(key, None)
+    for (section, key), default in HASHED_UNLESS_DEFAULT.items():
+        if hashed.get(section, {}).get(key, default) == default:
+            hashed.get(section, {}).pop(key, None)
     return hashlib.sha256(canonical_json(hashed).encode()).hexdigest()
 
 
@@ -657,6 +669,8 @@ def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any]
         raise where.error(name, "sampler", str(err)) from None
     s = doc.suite
     seed = point.get("seed", s.seed)
+    precision = table.precision or s.precision
+    compiled = s.compile if table.compile is None else table.compile
     config = {
         "suite": {"name": s.name, "seed": seed, "labels": s.labels, "batch_size": s.batch_size,
                   "metrics": list(s.metrics), "reference": s.reference},
@@ -669,7 +683,7 @@ def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any]
                 "weak_model": keys.get("weak"), "omega": guidance.omega, "gamma_strong": _gamma_json(gamma_strong),
                 "gamma_weak": _gamma_json(guidance.gamma_weak), "interval": list(interval) if interval else None,
                 "cfg_channels": channels if METHODS[method] is not None else None, "samples": samples,
-                "paper": list(table.paper or [])},
+                "paper": list(table.paper or []), "precision": precision, "compile": compiled},
     }
     if prompts.spec is not None:  # only text suites carry these, so class suites keep their config hashes
         # the prompt texts' sha256: an edited prompt file changes the samples, so it changes the hash
@@ -682,4 +696,4 @@ def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any]
                sampler=sampler_spec, samples=samples, batch_size=s.batch_size,
                seed=seed, labels=s.labels, metrics=tuple(s.metrics), reference=_resolve_reference(s.reference, root),
                paper=tuple(table.paper or []), config=config, config_hash=config_hash(config),
-               prompts=prompts.spec, images_per_prompt=prompts.per_prompt)
+               prompts=prompts.spec, images_per_prompt=prompts.per_prompt, precision=precision, compile=compiled)

@@ -14,11 +14,13 @@ from fvcore.nn import FlopCountAnalysis
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from harness.cost import count_forward, measure_throughput, run_cost
+from harness.cost import (
+    achieved_rate, count_forward, matmul_calibration, measure_throughput, run_cost, throughput_stats,
+)
 from harness.errors import HarnessError
 from harness.guidance import GuidanceSpec, Schedule
 from harness.models import ModelSpec, build_model
-from harness.models.dit import DiTConfig, SparseDiT, num_sparse
+from harness.models.dit import COND_ROWS, DiTConfig, SparseDiT, num_sparse
 from harness.plan import TOTAL_ROW, add_plan_parser, format_plan, plan_table
 from harness.sampling import GuidedDenoiser, SamplerSpec, draw_labels, draw_noise, make_generators, sample
 from harness.suite import load_suite
@@ -125,21 +127,22 @@ def test_counts_match_fvcore_and_flop_counter_on_real_models(spec, gamma):
     config = spec.config()[0]
     torch.manual_seed(0)
     net = SparseDiT(config).eval()
-    x = torch.randn(1, config.in_channels, config.input_size, config.input_size)
-    t, y = torch.rand(1), torch.zeros(1, dtype=torch.long)
+    b = COND_ROWS  # a full row block of the padded conditioning, so that every counted row is an image
+    x = torch.randn(b, config.in_channels, config.input_size, config.input_size)
+    t, y = torch.rand(b), torch.zeros(b, dtype=torch.long)
     gflops, gflops_full = count_forward(config, gamma)
 
     analysis = FlopCountAnalysis(_Forward(net, gamma), (x, t, y))
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     by_op = analysis.by_operator()
-    assert by_op["linear"] + by_op["conv"] == round(gflops * 1e9)  # fvcore's linear and conv handles, exactly
+    assert by_op["linear"] + by_op["conv"] == b * round(gflops * 1e9)  # fvcore's linear and conv handles, exactly
     assert analysis.unsupported_ops()["aten::scaled_dot_product_attention"] > 0  # fused attention: 0 in fvcore
     assert set(by_op) <= {"linear", "conv", "layer_norm", "einsum"}  # the rest: LayerNorm and unpatchify, not MACs
 
     with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
         net(x, t, y, gamma)
-    assert counter.get_total_flops() == round(gflops_full * 2e9)
+    assert counter.get_total_flops() == b * round(gflops_full * 2e9)
 
 
 def _block_macs(dim: int, tokens: int, mlp_ratio: float = 4.0) -> tuple[int, int]:
@@ -283,6 +286,24 @@ def test_measure_throughput_times_the_loop_and_is_json_ready():
     assert json.loads(json.dumps(result)) == result
     assert len(decoded) == 3 and decoded[0][0] == 3  # warm-up and both timed batches, the real batch size
     assert len(result["batch_seconds"]) == 2 and result["img_per_s"] >= result["img_per_s_e2e"] > 0
-    median = statistics.median(result["batch_seconds"])
-    assert result["sec_per_step"] == pytest.approx(median / 2) and result["img_per_s"] == pytest.approx(3 / median)
+    rates = [3 / s for s in result["batch_seconds"]]
+    assert result["img_per_s"] == pytest.approx(statistics.median(rates))
+    assert result["img_per_s_iqr"] == pytest.approx(abs(rates[0] - rates[1]) / 2)  # inclusive quartiles of two
+    assert result["sec_per_step"] == pytest.approx(3 / result["img_per_s"] / 2) and result["timed_batches"] == 2
     assert result["peak_mem_mb"] > 0 and result["device"].startswith("cpu")
+
+
+def test_throughput_stats_are_robust_to_a_slow_batch_and_report_the_spread():
+    steady = [{"images": 10, "denoise": 1.0, "total": 1.25}] * 6
+    stats = throughput_stats(steady + [{"images": 10, "denoise": 5.0, "total": 5.0}], batch_size=10, steps=4)
+    assert stats["img_per_s"] == pytest.approx(10.0) and stats["img_per_s_e2e"] == pytest.approx(8.0)
+    assert stats["img_per_s_spread"] == 0.0 and stats["sec_per_step"] == pytest.approx(0.25)
+    noisy = throughput_stats([{"images": 10, "denoise": d, "total": d} for d in (1.0, 2.0, 1.0, 2.0)], 10, 1)
+    assert noisy["img_per_s"] == pytest.approx(7.5) and noisy["img_per_s_spread"] == pytest.approx(5 / 7.5)
+
+
+def test_matmul_calibration_and_achieved_rate():
+    calibration = matmul_calibration("cpu", "fp32", seconds=0.05)
+    assert 0.1 < calibration < 1e5  # GMAC/s of any CPU
+    rate = achieved_rate({"gflops": 2.0, "steps": 10}, img_per_s=3.0, calibration=120.0)
+    assert rate == {"gflops_per_s": 60.0, "calibration_gflops_per_s": 120.0, "utilization": 0.5}

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.dryrun import DryRun, load_dry_suite, redraw_zero_init
+from harness.dryrun import FULL, SMALL, DryRun, load_dry_suite, redraw_zero_init, small_arch
 from harness.errors import HarnessError
 from harness.models import ModelSpec, build_model
 from harness.report import normalise_paper_map
@@ -67,6 +67,19 @@ def test_dry_suites_drop_checkpoints_rename_and_shrink(tmp_path):
     assert npz_keys(dry.reference) == ["arr_0"]
     with pytest.raises(HarnessError, match="--dry-run-arch"):
         DryRun(arch="SiT-XS/2")
+
+
+def test_small_dry_run_substitutes_the_smallest_of_each_family(tmp_path):
+    assert small_arch("SiT-XL/2") == "SiT-S/2" and small_arch("DiT-L/4") == "DiT-S/4"
+    assert small_arch("SiT-S/2") == "SiT-S/2" and small_arch("Testbed-S/4") == "Testbed-XS/4"
+    dry = load_dry_suite(SUITES / "imagenet256.toml", tmp_path, None, DryRun(arch=SMALL))
+    assert dry.substituted == {"main": ("SiT-XL/2", "SiT-S/2"), "early": ("SiT-XL/2", "SiT-S/2")}
+    assert dry.vae_config is not None and "every model as SiT-S/2" in dry.meta["dry run"]
+    for run in dry.suite.runs:
+        assert all(spec.arch == "SiT-S/2" and spec.route == (2, 11) for spec in run.models.values())
+    full = load_dry_suite(SUITES / "imagenet256.toml", tmp_path, None, DryRun(arch=FULL))
+    assert full.substituted == {} and full.vae_config is None
+    assert all(spec.arch == "SiT-XL/2" for run in full.suite.runs for spec in run.models.values())
     with pytest.raises(HarnessError, match="at least 4"):
         DryRun(samples=2)
 

@@ -94,6 +94,29 @@ def test_selections_are_per_image_and_batch_independent():
     assert torch.equal(batch[2], alone[0])
 
 
+@pytest.mark.parametrize("sparsity,threads", [("routing", 1), ("routing", 2), ("masking", 2)])
+def test_every_batch_size_gives_each_image_the_same_numbers(sparsity, threads):
+    """Only the conditioning rows (and a lone image) are padded, yet image i is bit-identical in any batch."""
+    from harness.models.adapters import FlowModel
+
+    spec = ModelSpec("Testbed-XS/4", sparsity=sparsity, route=(1, 2) if sparsity == "routing" else None)
+    model = randomize_weights(build_model(spec), std=0.05)
+    assert isinstance(model, FlowModel) and model.net.pads_conditioning
+    g = torch.Generator().manual_seed(0)
+    x, t, y = torch.randn(12, 3, 32, 32, generator=g), torch.rand(12, generator=g), torch.randint(10, (12,))
+    gens = lambda b: [torch.Generator().manual_seed(i) for i in range(b)]
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            for gamma in (0.0, 0.5):
+                full = model.velocity(x, t, y, gamma, gens(12))
+                for b in (1, 2, 3, 5, 7, 9, 11):
+                    assert torch.equal(model.velocity(x[:b], t[:b], y[:b], gamma, gens(b)), full[:b]), (gamma, b)
+    finally:
+        torch.set_num_threads(saved)
+
+
 def test_gamma_on_a_dense_model_is_an_error():
     net = tiny("none")
     x, t, y = inputs()

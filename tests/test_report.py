@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 from pathlib import Path
 
@@ -271,3 +272,13 @@ def test_report_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
     bad.write_text("[suite\n")
     with pytest.raises(HarnessError, match="bad.toml: TOML syntax error"):
         args.func(parser.parse_args(["report", str(bad)]))
+
+
+def test_throughput_cell_shows_the_spread_and_marks_a_noisy_measurement():
+    from harness.report.page import throughput_cell
+
+    steady = pd.Series({"img_per_s": 10.0, "img_per_s_iqr": 0.4, "img_per_s_spread": 0.04})
+    assert throughput_cell(steady) == "10.00 ± 0.2"
+    noisy = pd.Series({"img_per_s": 10.0, "img_per_s_iqr": 3.0, "img_per_s_spread": 0.3})
+    assert throughput_cell(noisy) == "10.00 ± 1.5 *noisy*"
+    assert throughput_cell(pd.Series({"img_per_s": math.nan, "img_per_s_iqr": math.nan})) == "—"

@@ -294,3 +294,86 @@ def test_balanced_labels(weights, tmp_path):
     assert np.array_equal(got, balanced_labels(16, classes, seed=7))
     base, extra = divmod(16, classes)  # equal counts up to the remainder
     assert sorted(np.bincount(got, minlength=classes)) == [base] * (classes - extra) + [base + 1] * extra
+
+
+#################################################################################
+#            Throughput from the generation; precision and compile             #
+#################################################################################
+
+
+def test_cost_json_takes_throughput_from_the_generation_and_times_only_resumed_runs(weights, tmp_path, monkeypatch):
+    import harness.cost
+    from harness.runner import COST, TIMING, measure_costs
+
+    suite = load_suite(write_suite(tmp_path, weights, samples=14, batch_size=4), root=tmp_path)
+    out = tmp_path / "runs"
+    generate_suite(suite, runs_root=out, device="cpu")
+    timing = json.loads((run_dir(out) / TIMING).read_text())
+    assert [(b["images"], b["warmup"]) for b in timing["batches"]] == [(4, True), (4, False), (4, False), (2, False)]
+    passes = []
+    monkeypatch.setattr(harness.cost, "measure_throughput", lambda *a, **k: passes.append(a) or {})
+    measure_costs(suite.runs, out, "cpu", progress=False)
+    cost = json.loads((run_dir(out) / COST).read_text())
+    assert not passes and cost["throughput_source"] == "generation" and cost["timed_batches"] == 2  # full batches
+    rates = sorted(4 / b["denoise"] for b in timing["batches"][1:3])
+    assert cost["img_per_s"] == pytest.approx(sum(rates) / 2) and cost["img_per_s_iqr"] == pytest.approx(
+        (rates[1] - rates[0]) / 2)
+    assert cost["gflops_per_s"] == pytest.approx(cost["gflops"] * 2 * cost["img_per_s"])
+    assert cost["utilization"] == pytest.approx(cost["gflops_per_s"] / cost["calibration_gflops_per_s"])
+    assert cost["precision"] == "fp32" and cost["compile"] is False and cost["compile_seconds"] is None
+    # every shard resumed in a later process: no timing of this config on record, so a short timing pass
+    (run_dir(out) / TIMING).unlink()
+    (run_dir(out) / COST).unlink()
+    monkeypatch.undo()
+    generate_suite(suite, runs_root=out, device="cpu")
+    assert not (run_dir(out) / TIMING).exists()
+    measure_costs(suite.runs, out, "cpu", warmup=0, repeats=1, progress=False)
+    cost = json.loads((run_dir(out) / COST).read_text())
+    assert cost["throughput_source"] == "timing pass" and cost["timed_batches"] == 1 and cost["img_per_s"] > 0
+
+
+def test_precision_is_recorded_and_hashed_and_bf16_samples_differ_slightly(weights, tmp_path):
+    fp32 = load_suite(write_suite(tmp_path, weights, samples=4), root=tmp_path).runs[0]
+    text = suite_text(weights, samples=4).replace('omega = 2.0\n', 'omega = 2.0\nprecision = "bf16"\n')
+    (tmp_path / "bf16.toml").write_text(text)
+    bf16 = load_suite(tmp_path / "bf16.toml", root=tmp_path).runs[0]
+    (tmp_path / "explicit.toml").write_text(suite_text(weights, samples=4).replace('seed = 7\n',
+                                                                                    'seed = 7\nprecision = "fp32"\n'))
+    explicit = load_suite(tmp_path / "explicit.toml", root=tmp_path).runs[0]
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16") and bf16.config["run"]["precision"] == "bf16"
+    assert bf16.config_hash != fp32.config_hash == explicit.config_hash
+    # runs made before the option existed (no precision in their config) keep their hash
+    from harness.suite import config_hash
+
+    legacy = json.loads(json.dumps(fp32.config))
+    del legacy["run"]["precision"], legacy["run"]["compile"]
+    assert config_hash(legacy) == fp32.config_hash
+    for run, out in ((fp32, tmp_path / "fp32"), (bf16, tmp_path / "bf16")):
+        generate_suite(load_suite(tmp_path / ("bf16.toml" if run is bf16 else "suite.toml"), root=tmp_path),
+                       runs_root=out, device="cpu")
+    assert json.loads((run_dir(tmp_path / "bf16") / MANIFEST).read_text())["config"]["run"]["precision"] == "bf16"
+    a, b = images_by_index(tmp_path / "fp32")[1], images_by_index(tmp_path / "bf16")[1]
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert 0 < diff.mean() < 8  # bf16 autocast ran (not bit-identical) on the same samples (close)
+    with pytest.raises(HarnessError, match="precision"):
+        (tmp_path / "bad.toml").write_text(text.replace('"bf16"', '"fp16"'))
+        load_suite(tmp_path / "bad.toml", root=tmp_path)
+
+
+def test_compile_is_applied_and_its_time_reported_apart(weights, tmp_path, monkeypatch):
+    import harness.precision
+    from harness.runner import COST, measure_costs
+
+    monkeypatch.setattr(harness.precision, "COMPILE_BACKEND", "eager")  # inductor's C++ build takes minutes here
+    text = suite_text(weights, samples=12).replace('seed = 7\n', 'seed = 7\ncompile = true\n')
+    (tmp_path / "suite.toml").write_text(text)
+    suite = load_suite(tmp_path / "suite.toml", root=tmp_path)
+    assert suite.runs[0].compile and suite.runs[0].config["run"]["compile"] is True
+    from harness.runner import ModelCache
+
+    cache = ModelCache(torch.device("cpu"))
+    generate_suite(suite, runs_root=tmp_path / "runs", device="cpu", cache=cache)
+    assert all(type(m.net).__name__ == "OptimizedModule" for m in cache.models.values())
+    measure_costs(suite.runs, tmp_path / "runs", "cpu", progress=False)
+    cost = json.loads((run_dir(tmp_path / "runs") / COST).read_text())
+    assert cost["compile"] is True and cost["compile_seconds"] >= 0 and cost["timed_batches"] == 2

@@ -231,8 +231,10 @@ class Evaluator:
         reference_cache_dir: str | os.PathLike | None = None,
         progress: bool = True,
         tile: int = ADM_TILE,
+        bootstrap: int = BOOTSTRAP_RESAMPLES,
     ) -> None:
         self.reference = Reference.from_source(reference)
+        self.bootstrap = bootstrap  # resamples of each Frechet distance's interval (0: none, as dry runs do)
         self.device = torch.device(device)
         self.batch_size, self.progress, self.tile = batch_size, progress, tile
         self.extractor_options = {name: dict(opts) for name, opts in (extractor_options or {}).items()}
@@ -303,7 +305,7 @@ class Evaluator:
 
         results = compute_metrics(
             metrics, samples, self.reference_features, self.reference.stats, lambda: shard_labels(shards),
-            self.device, self.tile,
+            self.device, self.tile, bootstrap=self.bootstrap,
         )
         path = run_dir / METRICS_FILE
         merged = json.loads(path.read_text()) if path.is_file() else {}

@@ -149,11 +149,12 @@ class FlowModel(nn.Module):
         """Flow velocity (B, C, H, W) at harness time t (B,), condition `cond`, token sparsity gamma.
 
         `ids` (B, N_keep), when given, fixes the kept tokens of a sparse forward instead of drawing them.
-        The batch is padded to a multiple of BATCH_MULTIPLE rows: CPU BLAS kernels round a row differently when
-        the row count is odd-sized, and padding makes image i's numbers independent of its batch's size.
+        CPU BLAS kernels round a row differently for different row counts; padding makes image i's numbers
+        independent of its batch's size. A network that pads its own per-image conditioning (`pads_conditioning`,
+        SparseDiT) needs a second row only for a single image; any other is padded to a multiple of BATCH_MULTIPLE.
         """
         batch = x.shape[0]
-        pad = -batch % BATCH_MULTIPLE
+        pad = max(0, 2 - batch) if getattr(self.net, "pads_conditioning", False) else -batch % BATCH_MULTIPLE
         if pad:
             x, t, cond = (torch.cat([v, v[:1].expand(pad, *v.shape[1:])]) for v in (x, t, cond))
             if ids is not None:

@@ -14,7 +14,8 @@ _DISPLAY_NAMES = {
     "fid": "FID", "sfid": "sFID", "is": "IS", "precision": "Prec.", "recall": "Rec.", "class_acc": "class acc.",
     "geneval": "GenEval", "geneval_testbed": "GenEval (testbed)", "hpsv3": "HPSv3", "gflops": "GFLOPs", "gflops_full": "GFLOPs (attn.)",
     "tflops_image": "TFLOPs/img", "img_per_s": "img/s", "delta_gflops": "ΔGFLOPs", "nfe": "NFE",
-    "gamma_strong": "γ_strong", "gamma_weak": "γ_weak", "omega": "ω",
+    "gamma_strong": "γ_strong", "gamma_weak": "γ_weak", "omega": "ω", "utilization": "util.",
+    "gflops_per_s": "GFLOP/s",
 }
 _LATEX_SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",

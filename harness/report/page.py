@@ -17,13 +17,13 @@ from harness.report.baselines import PaperMap, baseline_points, paper_map_from_m
 from harness.report.formatting import MISSING, arrow, display_name, fmt_context, fmt_number, fmt_value, markdown_table
 from harness.report.paper_tables import write_paper_tables
 from harness.report.pareto import pareto_figures
-from harness.report.results import collect_results, metric_columns, read_manifests, shard_paths
+from harness.report.results import NOISY_SPREAD, collect_results, metric_columns, read_manifests, shard_paths
 from harness.report.search_front import SEARCH_FILE, read_search, search_section
 from harness.report.uncertainty import half_width, tied_with_best
 
 GRID_IMAGES = 16
 RESULT_COLUMNS = ["run", "method", "model", "gamma_strong", "gamma_weak", "omega", "nfe", "samples", "gflops",
-                  "tflops_image", "img_per_s"]
+                  "tflops_image", "img_per_s", "utilization"]
 COUNT_COLUMNS = {"nfe", "samples"}
 
 
@@ -97,14 +97,27 @@ def results_table(df: pd.DataFrame) -> str:
     table = pd.DataFrame({"run": df["run"].astype(str), "method": df["method"].astype(str)})
     for column in [c for c in RESULT_COLUMNS[2:] if c in df.columns]:
         fmt = fmt_context if column in COUNT_COLUMNS or column == "model" else fmt_number
-        table[f"{display_name(column)}{arrow(column)}"] = df[column].map(fmt)
+        cells = df[column].map(fmt)
+        if column == "img_per_s" and "img_per_s_iqr" in df.columns:
+            cells = [throughput_cell(row) for _, row in df.iterrows()]
+        table[f"{display_name(column)}{arrow(column)}"] = cells
     for metric in metric_columns(df):
         best = tied_with_best(df, metric)
         cells = [fmt_value(row[metric], half_width(row, metric)) for _, row in df.iterrows()]
         table[f"{display_name(metric)}{arrow(metric)}"] = [f"**{c}**" if b else c for c, b in zip(cells, best)]
     note = ("Bold: the best run on a metric, and every run whose interval overlaps the best's "
-            "(not called worse). ± is half the bootstrap interval where metrics.json has one.")
+            "(not called worse). ± is half the bootstrap interval where metrics.json has one. img/s: median over "
+            "the generation's timed batches (the first batch of each run warms up) ± half their interquartile "
+            f"range, marked *noisy* where that range exceeds {NOISY_SPREAD:.0%} of the median; util.: GFLOP/s "
+            "reached (`gflops` x steps x img/s) over a matmul calibration of the same device (`cost.json`).")
     return f"## Results\n\n{markdown_table(table)}\n\n{note}"
+
+
+def throughput_cell(row: pd.Series) -> str:
+    """img/s ± half the interquartile range of its batches, marked noisy when they spread widely."""
+    iqr, spread = row.get("img_per_s_iqr", math.nan), row.get("img_per_s_spread", math.nan)
+    text = fmt_value(row["img_per_s"], iqr / 2 if isinstance(iqr, float) else math.nan)
+    return f"{text} *noisy*" if isinstance(spread, float) and spread > NOISY_SPREAD else text
 
 
 def pareto_section(figures: list[tuple[str, str, list[Path]]], out_dir: Path) -> str:

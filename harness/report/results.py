@@ -18,13 +18,18 @@ RUN_COLUMNS = [
     "suite", "run", "model", "method", "gamma_strong", "gamma_weak", "omega", "steps", "nfe", "samples",
     "gflops", "gflops_full", "tflops_image", "img_per_s", "device",
 ]
-TEXT_COLUMNS = ["suite", "run", "model", "method", "device"]
+TEXT_COLUMNS = ["suite", "run", "model", "method", "device", "precision", "throughput_source"]
 GAMMA_COLUMNS = ["gamma_strong", "gamma_weak"]
 # Cost columns and whether a larger value is better (throughput) or worse (compute, time, memory).
 COST_HIGHER_IS_BETTER = {
     "nfe": False, "gflops": False, "gflops_full": False, "tflops_image": False, "img_per_s": True,
     "img_per_s_e2e": True, "sec_per_step": False, "peak_mem_mb": False,
+    # the throughput's spread over the timed batches (IQR, and IQR / median), the rate reached, compile time
+    "img_per_s_iqr": False, "img_per_s_spread": False, "gflops_per_s": True, "utilization": True,
+    "compile_seconds": False,
 }
+# Throughput whose batches spread more than this (IQR / median) is marked as a noisy measurement in the report.
+NOISY_SPREAD = 0.10
 # Used only for metric names that harness.metrics.METRICS does not define.
 _FALLBACK_HIGHER_IS_BETTER = {
     "fid": False, "sfid": False, "is": True, "precision": True, "recall": True, "class_acc": True,
@@ -53,7 +58,7 @@ def metric_higher_is_better(name: str) -> bool | None:
 
 def metric_columns(df: pd.DataFrame) -> list[str]:
     """The metric columns of a results frame: everything that is not run, cost or interval bookkeeping."""
-    fixed = set(RUN_COLUMNS) | set(COST_HIGHER_IS_BETTER) | {"dry_run"}
+    fixed = set(RUN_COLUMNS) | set(COST_HIGHER_IS_BETTER) | set(TEXT_COLUMNS) | {"dry_run"}
     return [c for c in df.columns if c not in fixed and not c.endswith(("_lo", "_hi"))]
 
 
@@ -185,6 +190,9 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         "device": cost.get("device") or manifest.get("device"),
     }
     row.update(cost_fields(cost, run_dir / "cost.json"))
+    row["precision"] = config_value(config, "precision") or cost.get("precision") or "fp32"
+    if cost.get("throughput_source"):
+        row["throughput_source"] = cost["throughput_source"]
     row.update(metric_fields(metrics, metrics_path))
     row["dry_run"] = bool(manifest.get("dry_run", False))
     return row
