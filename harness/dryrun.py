@@ -71,7 +71,8 @@ def small_arch(arch: str) -> str:
     patch = getattr(config, "patch_size", None)
     same = [a for a in ARCHS if type(_preset_config(a)) is type(config)
             and getattr(_preset_config(a), "patch_size", None) == patch]
-    return min(same, key=lambda a: (_parameters(a), a != arch))
+    prefix = arch.split("-")[0]  # SiT stays SiT (same network as DiT-S/2, but its own name and convention)
+    return min(same, key=lambda a: (a.split("-")[0] != prefix, _parameters(a), a != arch))
 
 
 @functools.lru_cache(maxsize=None)
