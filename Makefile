@@ -37,11 +37,9 @@ testbed: setup
 	pids=""; for part in features routing masking; do \
 	  $(BIN)/python -m harness.testbed.train --only $$part --threads 1 $(ARGS) & pids="$$pids $$!"; done; \
 	for p in $$pids; do wait $$p || exit 1; done
-<<<<<<< HEAD
 	$(BIN)/python -m harness.testbed.train --only detector --feature-steps 2500 --pool 16000 --threads 1 $(ARGS) & \
 	pid=$$!; $(BIN)/python -m harness.testbed.train --only t2i --steps 2000 --batch 64 --early-step 187 --pool 30000 \
 	  --threads 1 $(ARGS) && wait $$pid
-=======
 
 # HPSv3 runs in its own environment: the hpsv3 package pins transformers 4.45.2, which the main .venv must not get.
 # torch first (hpsv3's own environment pins torch 2.6.0), then the package; the harness starts
@@ -56,4 +54,3 @@ $(HPSV3_VENV)/.installed:
 	$(HPSV3_VENV)/bin/pip install "hpsv3==1.0.0" "transformers==4.45.2"
 	$(HPSV3_VENV)/bin/python -c "from hpsv3 import HPSv3RewardInferencer"
 	touch $@
->>>>>>> t2i-flow

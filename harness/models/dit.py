@@ -195,6 +195,14 @@ def pad_rows(v: torch.Tensor, multiple: int = COND_ROWS) -> torch.Tensor:
     return torch.cat([v, v[:1].expand(pad, *v.shape[1:])]) if pad else v
 
 
+def unpatchify(x: torch.Tensor, channels: int, patch_size: int) -> torch.Tensor:
+    """(B, N, p*p*C) tokens of a square grid -> (B, C, H, W) image, as DiT's unpatchify."""
+    c, p = channels, patch_size
+    h = w = int(x.shape[1] ** 0.5)
+    x = x.reshape(x.shape[0], h, w, p, p, c)
+    return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, h * p, w * p)
+
+
 def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
@@ -309,13 +317,6 @@ class SparseDiT(nn.Module):
         x = torch.empty(batch, cfg.in_channels, cfg.input_size, cfg.input_size)
         return x, torch.empty(batch), torch.zeros(batch, dtype=torch.long)
 
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, p*p*C) -> (B, C, H, W)."""
-        c, p = self.config.out_channels, self.config.patch_size
-        h = w = int(x.shape[1] ** 0.5)
-        x = x.reshape(x.shape[0], h, w, p, p, c)
-        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, h * p, w * p)
-
     def forward(
         self,
         x: torch.Tensor,
@@ -364,4 +365,4 @@ class SparseDiT(nn.Module):
                 x = block(x, c)
                 if sparse and i == last:  # routed tokens re-enter unchanged from before block `first`
                     x = saved.scatter(1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x)
-        return self.unpatchify(self.final_layer(x, c))  # (B, out_channels, H, W)
+        return unpatchify(self.final_layer(x, c), self.config.out_channels, self.config.patch_size)  # (B, C_out, H, W)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from harness.models.dit import (DiTBlock, FinalLayer, PatchEmbed, TimestepEmbedder, gather_tokens, modulate,
-                                num_sparse, select_tokens, sincos_pos_embed_2d)
+                                num_sparse, select_tokens, sincos_pos_embed_2d, unpatchify)
 
 
 @dataclass(frozen=True)
@@ -153,13 +153,6 @@ class MaskDiT(nn.Module):
         x = torch.empty(batch, cfg.in_channels, cfg.input_size, cfg.input_size)
         return x, torch.empty(batch), torch.zeros(batch, dtype=torch.long)
 
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, p*p*C) -> (B, C, H, W)."""
-        c, p = self.config.out_channels, self.config.patch_size
-        h = w = int(x.shape[1] ** 0.5)
-        x = x.reshape(x.shape[0], h, w, p, p, c)
-        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, h * p, w * p)
-
     def forward(
         self,
         x: torch.Tensor,
@@ -193,11 +186,11 @@ class MaskDiT(nn.Module):
             x = x + self.decoder_pos_embed
             for block in self.decoder_blocks:
                 x = block(x, c)
-            return self.unpatchify(self.final_layer(x, c))  # (B, out_channels, H, W)
+            return unpatchify(self.final_layer(x, c), self.config.out_channels, self.config.patch_size)  # (B, C_out, H, W)
         x = self.final_layer(x, c)
         if sparse:  # without a decoder the dropped positions are zeros, as upstream fills them
             x = self._fill_dropped(x, ids, N)
-        return self.unpatchify(x)
+        return unpatchify(x, self.config.out_channels, self.config.patch_size)
 
     def _fill_dropped(self, x: torch.Tensor, ids: torch.Tensor, num_tokens: int) -> torch.Tensor:
         """(B, N_keep, D) kept tokens back at their positions of a (B, N, D) sequence of mask tokens (or zeros)."""

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.models.adapters import TextCondition
-from harness.models.dit import PatchEmbed, gather_tokens, modulate, num_sparse, select_tokens
+from harness.models.dit import PatchEmbed, gather_tokens, modulate, num_sparse, select_tokens, unpatchify
 
 #################################################################################
 #                           Embeddings and layers                               #
@@ -374,13 +374,6 @@ class MicroDiT(nn.Module):
         states = torch.empty(batch, cfg.caption_length, cfg.caption_channels)
         return x, torch.empty(batch), TextCondition(states, torch.ones(batch, cfg.caption_length, dtype=torch.bool))
 
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, p*p*C) -> (B, C, H, W)."""
-        c, p = self.config.out_channels, self.config.patch_size
-        h = w = int(x.shape[1] ** 0.5)
-        x = x.reshape(x.shape[0], h, w, p, p, c)
-        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, h * p, w * p)
-
     def forward(
         self,
         x: torch.Tensor,
@@ -422,7 +415,7 @@ class MicroDiT(nn.Module):
         if sparse:  # the mask token fills the dropped positions
             full = self.mask_token.to(x.dtype).expand(B, N, x.shape[-1]).clone()
             x = full.scatter(1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x)
-        return self.unpatchify(x)  # (B, C, H, W)
+        return unpatchify(x, self.config.out_channels, self.config.patch_size)  # (B, C, H, W)
 
 
 def _linspace(start: float, end: float, num: int) -> tuple[float, ...]:

@@ -19,7 +19,7 @@ from torch import nn
 from harness.models.adapters import TextCondition
 from harness.models.dit import (
     Attention, FinalLayer, Mlp, PatchEmbed, TimestepEmbedder, gather_tokens, modulate, num_sparse, select_tokens,
-    sincos_pos_embed_2d,
+    sincos_pos_embed_2d, unpatchify,
 )
 
 
@@ -148,13 +148,6 @@ class TextDiT(nn.Module):
                              torch.ones(batch, cfg.text_len, dtype=torch.bool))
         return x, torch.empty(batch), text
 
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, p*p*C) -> (B, C, H, W)."""
-        c, p = self.config.out_channels, self.config.patch_size
-        h = w = int(x.shape[1] ** 0.5)
-        x = x.reshape(x.shape[0], h, w, p, p, c)
-        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, h * p, w * p)
-
     def forward(
         self,
         x: torch.Tensor,
@@ -191,4 +184,4 @@ class TextDiT(nn.Module):
             x = block(x, c, states, mask)
             if sparse and i == last:  # routed tokens re-enter unchanged from before block `first`
                 x = saved.scatter(1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x)
-        return self.unpatchify(self.final_layer(x, c))  # (B, out_channels, H, W)
+        return unpatchify(self.final_layer(x, c), self.config.out_channels, self.config.patch_size)  # (B, C_out, H, W)
