@@ -105,3 +105,18 @@ def test_suite_runs_the_t2i_path_and_prompts_matter_on_committed_models():
     assert not np.array_equal(cfg, sg)
     other, _ = generate(models, run.guidance, sampler, [0, 1, 2, 3], torch.tensor([1, 1, 41, 41]))
     assert np.abs(cfg.astype(int) - other.astype(int)).mean() > 0.5  # another prompt, another image
+
+
+def test_bench_of_the_t2i_suite_scores_prompt_metrics_from_the_command_line(tmp_path):
+    """The non-dry path end to end (generation, the prompt metrics' asset check, scoring, report) on 4 images."""
+    import subprocess
+    import sys
+
+    out, reports = tmp_path / "runs", tmp_path / "reports"
+    proc = subprocess.run([sys.executable, "-m", "harness", "bench", "suites/t2i_testbed.toml", "--samples", "4",
+                           "--steps", "2", "--only", "^unguided-seed0$", "--out", str(out), "--reports", str(reports)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = (reports / "t2i_testbed" / "results.csv").read_text().splitlines()
+    header, row = table[0].split(","), table[1].split(",")
+    assert "geneval_testbed" in header and row[header.index("geneval_testbed")] != ""

@@ -34,7 +34,7 @@ def evaluate_prompt_runs(suite, runs: Sequence, runs_root: Path, device: str | N
     dev = distributed.resolve_device(device)
     options = DRY_OPTIONS if dry is not None else None
     if dry is None:
-        from harness.assets import require_assets
+        from harness.preflight import require_assets
 
         require_assets(runs, suite.root, generate=False, evaluate=True)
     prompts = load_prompts(suite.prompts, suite.root)
