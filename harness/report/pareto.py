@@ -118,12 +118,18 @@ def plot_pareto(df: pd.DataFrame, quality: str, cost: str, out_dir: str | Path,
     ax.set_ylabel(quality_axis_label(quality, data))
     suite = ", ".join(sorted({str(s) for s in df["suite"].dropna()})) if "suite" in df else ""
     ax.set_title(f"{suite}: {display_name(quality)} vs {display_name(cost)}", fontsize=10)
+    return save_figure(ax, out_dir, f"pareto-{quality}-{cost}")
+
+
+def save_figure(ax, out_dir: str | Path, stem: str) -> list[Path]:
+    """Finish a report figure (grid, legend, tight layout) and write it as <stem>.png and <stem>.pdf."""
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    fig = ax.figure
     fig.tight_layout()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"pareto-{quality}-{cost}.{ext}" for ext in ("png", "pdf")]
+    paths = [out / f"{stem}.{ext}" for ext in ("png", "pdf")]
     for path in paths:
         fig.savefig(path, dpi=150)
     return paths

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from harness.errors import HarnessError
 from harness.report.formatting import display_name, markdown_table
-from harness.report.pareto import cost_axis_label, method_colours
+from harness.report.pareto import cost_axis_label, method_colours, save_figure
 from harness.report.results import COST_HIGHER_IS_BETTER
 
 SEARCH_FILE = "search.json"  # in runs/<suite>/, written by harness.search.loop
@@ -77,15 +77,7 @@ def plot_search(df: pd.DataFrame, record: dict[str, Any], out_dir: str | Path) -
     ax.set_ylabel(f"{display_name(metric)} (grey: at the samples the point got)")
     ax.set_title(f"{record['suite']}: search spent {100 * record['samples_spent'] / record['samples_full_grid']:.1f}%"
                  f" of the full grid's samples", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"search-{metric}-{cost}.{ext}" for ext in ("png", "pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=150)
-    return paths
+    return save_figure(ax, out_dir, f"search-{metric}-{cost}")
 
 
 def search_section(df: pd.DataFrame, record: dict[str, Any], out_dir: Path) -> str:
