@@ -30,7 +30,7 @@ from harness.guidance import GuidanceSpec, Schedule, combine
 from harness.models import ARCHS, ModelSpec, build_model
 from harness.models.adapters import FlowModel
 from harness.precision import PRECISIONS, compile_model
-from harness.sampling import SamplerSpec, draw_labels, draw_noise, make_generators
+from harness.sampling import SamplerSpec, draw_labels, draw_noise, make_generators, synchronize
 
 SPEEDUP_TARGET = 0.9  # measured SG-vs-CFG speedup / FLOP-predicted speedup
 OVERHEAD_TARGET = 0.03  # harness loop time / bare loop time - 1
@@ -125,6 +125,30 @@ def time_case(name: str, model: FlowModel, args: argparse.Namespace, batch: int,
             "bare_batch_seconds": bare}
 
 
+@torch.no_grad()
+def padding_gain(device: torch.device, arch: str = "Testbed-S/4", batch: int = 50, repeats: int = 7) -> dict[str, Any]:
+    """The testbed suite's batch of 50 in one model call against the 56 rows that padding every call to a multiple
+    of 8 cost before SparseDiT padded only its conditioning rows: median seconds per call over alternating repeats."""
+    model = build_model(ModelSpec(arch, sparsity="routing", route=(1, 4)), device=device)
+    padded = batch + (-batch % 8)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(padded, 3, model.config.input_size, model.config.input_size, generator=generator).to(device)
+    t = torch.rand(padded, generator=generator).to(device)
+    y = torch.randint(model.num_classes, (padded,), generator=generator).to(device)
+    seconds: dict[int, list[float]] = {batch: [], padded: []}
+    for r in range(repeats + 1):  # the first round warms up
+        for rows in (batch, padded):
+            synchronize(device)
+            start = time.perf_counter()
+            model.velocity(x[:rows], t[:rows], y[:rows])
+            synchronize(device)
+            if r:
+                seconds[rows].append(time.perf_counter() - start)
+    exact, with_padding = (statistics.median(seconds[rows]) for rows in (batch, padded))
+    return {"arch": arch, "batch_size": batch, "padded_rows": padded, "seconds": exact,
+            "seconds_padded": with_padding, "padding_cost": with_padding / exact - 1}
+
+
 def perf_metrics(device: torch.device) -> dict[str, Any] | None:
     """The metrics' benchmark (benchmarks/perf_metrics.py, `run_benchmarks(device)`), when that file exists."""
     try:
@@ -208,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{main_config['batch_size']}): {100 * overhead:+.2f}% "
           f"[target < {100 * OVERHEAD_TARGET:.0f}%: {verdict(overhead < OVERHEAD_TARGET)}]")
 
+    padding = padding_gain(device)
+    print(f"padding: {padding['arch']} batch {padding['batch_size']} takes {padding['seconds'] * 1e3:.1f} ms per call; "
+          f"padded to {padding['padded_rows']} rows it took {padding['seconds_padded'] * 1e3:.1f} ms "
+          f"({100 * padding['padding_cost']:+.1f}%, now saved)")
+
     report: dict[str, Any] = {
         "sg_speedup_measured": routing["measured"], "sg_speedup_flops": routing["flops"],
         "sg_speedup_flops_fvcore": routing["flops_fvcore"], "harness_overhead": overhead, "device": device_name(device),
@@ -218,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": args.warmup, "repeats": args.repeats, "precision": args.precision, "compile": args.compile,
         "torch": torch.__version__, "threads": torch.get_num_threads(), "load_average": list(os.getloadavg()),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "configs": configs, "cases": main_config["cases"],
+        "configs": configs, "cases": main_config["cases"], "padding": padding,
     }
     if not args.skip_metrics:
         metrics = perf_metrics(device)

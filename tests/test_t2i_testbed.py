@@ -120,3 +120,55 @@ def test_bench_of_the_t2i_suite_scores_prompt_metrics_from_the_command_line(tmp_
     table = (reports / "t2i_testbed" / "results.csv").read_text().splitlines()
     header, row = table[0].split(","), table[1].split(",")
     assert "geneval_testbed" in header and row[header.index("geneval_testbed")] != ""
+
+
+def _records(correct: list[bool], tags: list[str]) -> list[dict]:
+    return [{"filename": f"{i:05}.png", "tag": tag, "metadata": f'{{"tag": "{tag}", "i": {i // 2}}}',
+             "correct": ok} for i, (ok, tag) in enumerate(zip(correct, tags))]
+
+
+def test_paired_differences_match_the_score_gap_and_pairing_narrows_the_interval():
+    from harness.metrics.geneval import paired_differences, summarize
+
+    rng = np.random.default_rng(0)
+    tags = ["counting"] * 200 + ["colors"] * 200
+    base = rng.random(400) < 0.5
+    better = base | (rng.random(400) < 0.2)  # the same images, some more of them correct
+    a, b = _records(list(better), tags), _records(list(base), tags)
+    diffs = paired_differences(a, b)
+    sa, sb = summarize(a), summarize(b)
+    for key in ("geneval_counting", "geneval_colors", "geneval"):
+        d, lo, hi = diffs[key]
+        assert d == pytest.approx(sa[key] - sb[key]) and lo <= d <= hi
+    assert diffs["geneval"][1] > 0  # a consistent gain is resolved although each run's own interval is wide
+    with pytest.raises(HarnessError, match="same images"):
+        paired_differences(a[:-1], b)
+    with pytest.raises(HarnessError, match="different prompts"):
+        paired_differences([{**a[0], "metadata": "x"}, *a[1:]], b)
+
+
+def test_gate_and_versus_table_from_a_results_table(tmp_path):
+    import pandas as pd
+
+    from harness.metrics.geneval import write_results
+    from harness.testbed.t2i_gate import gate, versus
+
+    tags = ["counting", "colors"] * 50
+    rows = []
+    for run, method, p, gflops in (("unguided", "none", 0.3, 1.0), ("cfg-omega2", "cfg", 0.5, 2.0),
+                                   ("cfg-omega4", "cfg", 0.4, 2.0), ("sg", "sg", 0.6, 1.5)):
+        correct = list(np.random.default_rng(int(p * 10)).random(100) < p)
+        (tmp_path / run).mkdir()
+        write_results(_records(correct, tags), tmp_path / run / "results.jsonl")
+        score = float(np.mean(correct))
+        rows.append({"run": run, "method": method, "gamma_strong": 0.0, "gflops": gflops, "img_per_s": 10 / gflops,
+                     "geneval_testbed": score, "geneval_testbed_lo": score - 0.05, "geneval_testbed_hi": score + 0.05})
+    results = pd.DataFrame(rows)
+    verdict = gate(results, {"geneval_testbed": 0.1, "lo": 0.05, "hi": 0.15})
+    assert verdict["unguided_above_random"] and "sg" in verdict["guided_runs_disjoint_from_unguided"]
+    assert verdict["go"]
+    assert not gate(results, {"geneval_testbed": 0.3, "lo": 0.25, "hi": 0.4})["go"]  # unguided not above the floor
+    table = versus(results, tmp_path, "cfg")
+    best_cfg = max(("cfg-omega2", "cfg-omega4"), key=lambda r: results.set_index("run").loc[r, "geneval_testbed"])
+    assert f"minus {best_cfg}" in table and "| sg | 0.75 | 1.33 |" in table and "| unguided |" not in table
+    assert "counting" in table.splitlines()[2] and "colors" in table.splitlines()[2]

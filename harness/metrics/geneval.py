@@ -224,3 +224,31 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     summary["geneval_images"] = float(np.mean([bool(r["correct"]) for r in records]))
     summary["geneval_prompts"] = float(np.mean([any(flags) for flags in prompts.values()]))
     return summary
+
+
+def paired_differences(records: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]],
+                       resamples: int = 1000, seed: int = 0) -> dict[str, tuple[float, float, float]]:
+    """Per task and overall: (score of `records` - score of `baseline`, 95% interval) with a paired bootstrap.
+
+    Both runs must score the same images' prompts and seeds (matched by `filename`, which the harness derives from
+    the image index): resampling pairs rather than each run alone removes the prompt-to-prompt variance the two
+    share, so a small real difference is not lost in it. Images are resampled within each task; `geneval` is the
+    unweighted mean of the task differences, as in summarize.
+    """
+    base = {r["filename"]: r for r in baseline}
+    if set(base) != {r["filename"] for r in records}:
+        raise HarnessError("paired GenEval comparison: the two runs did not score the same images")
+    diffs: dict[str, list[float]] = {}
+    for r in records:
+        if base[r["filename"]]["metadata"] != r["metadata"]:
+            raise HarnessError(f"paired GenEval comparison: {r['filename']} has different prompts in the two runs")
+        diffs.setdefault(r["tag"], []).append(float(bool(r["correct"])) - float(bool(base[r["filename"]]["correct"])))
+    rng = np.random.default_rng(seed)
+    draws = {tag: np.asarray(d)[rng.integers(len(d), size=(resamples, len(d)))].mean(axis=1)
+             for tag, d in diffs.items()}
+    out = {f"geneval_{tag}": (float(np.mean(d)), *np.percentile(draws[tag], [2.5, 97.5]).tolist())
+           for tag, d in diffs.items()}
+    overall = np.mean(list(draws.values()), axis=0)
+    out["geneval"] = (float(np.mean([np.mean(d) for d in diffs.values()])),
+                      *np.percentile(overall, [2.5, 97.5]).tolist())
+    return out

@@ -6,6 +6,11 @@ run's. Random scenes: one scene of a random training-grammar prompt per evaluati
 evaluation prompt by the same detector and rules.
 
     python -m harness.testbed.t2i_gate reports/t2i_testbed/results.csv [--record checkpoints/testbed_record.json]
+        [--versus cfg --runs runs/t2i_testbed]
+
+`--versus METHOD` also prints every other guided run against the best run of METHOD, task by task: the paired
+difference of GenEval-testbed scores over the same prompts and seeds with its 95% bootstrap interval
+(harness.metrics.geneval.paired_differences), and the cost ratios (GFLOPs, measured img/s).
 """
 
 from __future__ import annotations
@@ -54,12 +59,42 @@ def gate(results: pd.DataFrame, floor: dict[str, float]) -> dict:
             "go": above and bool(moved)}
 
 
+def versus(results: pd.DataFrame, runs_root: Path, method: str = "cfg", metric: str = "geneval_testbed") -> str:
+    """Markdown table: each guided run minus the best `method` run on every task (paired, with intervals)."""
+    from harness.metrics.geneval import paired_differences, read_results
+    from harness.metrics.t2i import RESULTS_FILE
+
+    rows = results.set_index("run")
+    candidates = rows[rows["method"] == method]
+    if candidates.empty:
+        raise SystemExit(f"no {method} run in the results")
+    base_run = str(candidates[metric].idxmax())
+    base = read_results(runs_root / base_run / RESULTS_FILE)
+    lines, header = [], None
+    for run, row in rows[(rows["method"] != "none") & (rows.index != base_run)].iterrows():
+        diffs = paired_differences(read_results(runs_root / str(run) / RESULTS_FILE), base)
+        if header is None:
+            header = [task.removeprefix("geneval_") for task in diffs]
+            lines += [f"| run | GFLOPs ratio | img/s ratio | {' | '.join(header)} |",
+                      "|---" * (3 + len(header)) + "|"]
+        cells = [f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for d, lo, hi in diffs.values()]
+        lines.append(f"| {run} | {row['gflops'] / rows.loc[base_run, 'gflops']:.2f} | "
+                     f"{row['img_per_s'] / rows.loc[base_run, 'img_per_s']:.2f} | {' | '.join(cells)} |")
+    return (f"Each run minus {base_run} (the best {method} run, {metric} {rows.loc[base_run, metric]:.3f}): "
+            f"paired difference over the same prompts and seeds [95% bootstrap interval]\n\n" + "\n".join(lines))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path)
     parser.add_argument("--record", type=Path, default=Path("checkpoints/testbed_record.json"))
+    parser.add_argument("--versus", metavar="METHOD", help="also compare every guided run with the best METHOD run")
+    parser.add_argument("--runs", type=Path, default=Path("runs/t2i_testbed"), help="the suite's run folders")
     args = parser.parse_args(argv)
-    verdict = gate(pd.read_csv(args.results), random_scenes_score())
+    results = pd.read_csv(args.results)
+    if args.versus:
+        print(versus(results, args.runs, args.versus) + "\n")
+    verdict = gate(results, random_scenes_score())
     record = json.loads(args.record.read_text()) if args.record.exists() else {}
     record.setdefault("t2i", {})["gate"] = {**verdict, "results": str(args.results)}
     args.record.write_text(json.dumps(record, indent=1) + "\n")
