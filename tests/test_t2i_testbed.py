@@ -85,6 +85,15 @@ def test_t2i_training_part_writes_loadable_checkpoints_and_a_record(tmp_path):
         encoder = build_text_encoder("testbed_words", {"checkpoint": str(tmp_path / f"{name}_text.safetensors")})
         states, mask = encoder.encode(["a photo of a red disc"])
         assert states.shape == (1, words.MAX_LEN, words.WIDTH) and mask.sum() == 7
+    # a second stage continues from the first one's EMA weights and keeps its early checkpoint and record
+    early = (tmp_path / "t2i_testbed_early.safetensors").read_bytes()
+    second = tmp_path / "second"
+    train.main(["--only", "t2i", "--steps", "2", "--batch", "4", "--pool", "16", "--init", str(tmp_path),
+                "--seed", "1", "--out", str(second)])
+    record = json.loads((second / "testbed_record.json").read_text())["t2i"]
+    assert record["steps"] == 2 and record["early_step"] is None and record["init_from"]["steps"] == 4
+    assert not (second / "t2i_testbed_early.safetensors").exists()
+    assert (tmp_path / "t2i_testbed_early.safetensors").read_bytes() == early
 
 
 def test_suite_runs_the_t2i_path_and_prompts_matter_on_committed_models():

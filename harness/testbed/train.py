@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torchvision.transforms.functional import gaussian_blur
 
 from harness.models import ARCHS, ModelSpec
@@ -261,10 +261,12 @@ class TextToImage(torch.nn.Module):
 
 
 def train_t2i(out: Path, steps: int, batch: int, seed: int, lr: float, device: torch.device,
-              pool: int = 30_000, early_step: int | None = None) -> dict:
+              pool: int = 30_000, early_step: int | None = None, init: Path | None = None) -> dict:
     """Train the text-to-image testbed model; saves EMA weights (t2i_testbed[_text]) and the EMA at `early_step`
     (default 1/16 of training) as t2i_testbed_early[_text] for AutoGuidance. The learning rate is constant after
-    warm-up, so a run stopped at step k has the weights of a `--steps k` run."""
+    warm-up, so a run stopped at step k has the weights of a `--steps k` run. `init` (a folder holding
+    t2i_testbed[_text].safetensors) continues from those EMA weights: model and EMA start there, with a fresh
+    optimizer and warm-up, and the early checkpoint of the first stage is kept (early_step 0 writes none)."""
     torch.manual_seed(seed)
     start = time.time()
     prompts, images = scenes.training_draw(pool, scenes.TRAIN_SEED)
@@ -272,12 +274,17 @@ def train_t2i(out: Path, steps: int, batch: int, seed: int, lr: float, device: t
     ids_all, mask_all = (v.to(device) for v in words.tokenize(prompts))
     null_ids, null_mask = (v.to(device) for v in words.tokenize([""]))
     print(f"t2i: {pool} training scenes drawn in {time.time() - start:.0f} s", flush=True)
-    model = TextToImage().to(device)
+    model = TextToImage()
+    if init is not None:
+        model.net.load_state_dict(load_file(str(init / "t2i_testbed.safetensors")))
+        model.text.load_state_dict(load_file(str(init / "t2i_testbed_text.safetensors")))
+        early_step = 0
+    model = model.to(device)
     ema = Ema(model, 0.999)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / WARMUP))
     n_tok = model.net.config.num_tokens
-    early_step = early_step or steps // 16
+    early_step = steps // 16 if early_step is None else early_step
     log: list[dict] = []
     model.train()
     start = time.time()
@@ -310,7 +317,7 @@ def train_t2i(out: Path, steps: int, batch: int, seed: int, lr: float, device: t
                   f"{rate:.2f} it/s eta {(steps - step) / rate / 60:.1f} min", flush=True)
         if step % 1000 == 0 or step == steps:
             ema.model.save(out, "t2i_testbed")  # a long run leaves usable weights behind at every 1000 steps
-    return {"steps": steps, "batch": batch, "lr": lr, "early_step": early_step, "pool": pool,
+    return {"steps": steps, "batch": batch, "lr": lr, "early_step": early_step or None, "pool": pool,
             "seconds": round(time.time() - start), "log": log}
 
 
@@ -352,6 +359,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--early-step", type=int, default=None, help="t2i: the step of the early checkpoint "
                                                                       "(default steps // 16)")
+    parser.add_argument("--init", type=Path, help="t2i: continue from the EMA weights in this folder (a second "
+                                                   "stage; its record keeps the first stage's as init_from)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("checkpoints"))
@@ -371,7 +380,10 @@ def main(argv: list[str] | None = None) -> None:
             result = train_detector(args.out, args.feature_steps, 256, args.seed, device, args.pool or 20_000)
         elif part == "t2i":
             result = train_t2i(args.out, args.steps, args.batch, args.seed, args.lr, device, args.pool or 30_000,
-                               args.early_step)
+                               args.early_step, args.init)
+            if args.init is not None:
+                first = args.init / "testbed_record.json"
+                result["init_from"] = json.loads(first.read_text()).get("t2i") if first.exists() else str(args.init)
         else:
             result = train_diffusion(part, args.out, args.steps, args.batch, args.seed, args.lr, device,
                                      args.pool or 100_000)
