@@ -161,65 +161,22 @@ def _quartiles(values: list[float]) -> tuple[float, float, float]:
     return q1, median, q3
 
 
-def throughput_stats(batches: Sequence[Mapping[str, float]], batch_size: int, steps: int,
-                     reference: float | None = None) -> dict[str, float | int | None]:
-    """Robust throughput of timed batches, each {"images", "denoise" s, "total" s, optional "probe"}: medians and
-    their spread, normalised to a reference machine speed when the batches carry speed probes.
+def throughput_stats(batches: Sequence[Mapping[str, float]], batch_size: int, steps: int) -> dict[str, float | int]:
+    """Robust throughput of timed batches, each {"images", "denoise" s, "total" s}: medians and their spread.
 
-    A batch's rate is images / denoise seconds. With `reference` (GMAC/s of speed_probe, typically the median probe
-    of a whole bench) each rate is scaled by reference / the batch's probe: what the batch would have reached at
-    the reference speed. A shared machine drifts by 10-20% over minutes while a batch takes seconds, so runs of
-    equal work measured minutes apart agree only after this. `img_per_s` is the median normalised rate,
-    `img_per_s_iqr` its interquartile range, `img_per_s_spread` that range over the median (0.1 = the middle half of
-    the batches lies within a 10% band); `img_per_s_measured` is the median raw rate and `speed_factor` the median
-    scale applied (1 without probes). `img_per_s_e2e` also counts labels, noise, decoding and uint8 conversion
-    (normalised alike); `sec_per_step` is a batch of `batch_size` images at `img_per_s`.
+    `img_per_s` is the median of the per-batch rates of the denoising loop, `img_per_s_iqr` their interquartile
+    range and `img_per_s_spread` that range relative to the median (0.1 = the middle half of the batches lies within
+    a 10% band): a median over batches shrugs off the few a busy machine slows down, and the spread says how busy it
+    was. `img_per_s_e2e` also counts labels, noise, decoding and uint8 conversion; `sec_per_step` is a batch of
+    `batch_size` images at the median rate.
     """
     if not batches:
         raise ValueError("no timed batches")
-    factors = [reference / b["probe"] if reference and b.get("probe") else 1.0 for b in batches]
-    raw = [b["images"] / b["denoise"] for b in batches]
-    rates = [r * f for r, f in zip(raw, factors)]
+    rates = [b["images"] / b["denoise"] for b in batches]
     q1, median, q3 = _quartiles(rates)
-    e2e = statistics.median(f * b["images"] / b["total"] for f, b in zip(factors, batches))
+    e2e = statistics.median(b["images"] / b["total"] for b in batches)
     return {"img_per_s": median, "img_per_s_iqr": q3 - q1, "img_per_s_spread": (q3 - q1) / median,
-            "img_per_s_measured": statistics.median(raw), "speed_factor": statistics.median(factors),
-            "speed_reference_gflops_per_s": reference, "img_per_s_e2e": e2e,
-            "sec_per_step": batch_size / median / steps, "timed_batches": len(batches)}
-
-
-_PROBE_TENSORS: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-@torch.no_grad()
-def speed_probe(device: torch.device | str) -> float:
-    """The device's speed right now: GMAC/s of a fixed fp32 workload (two matmuls and a GELU, the median of three
-    ~5 ms timings on a 2-core CPU), taken around every generation batch so that throughput_stats can normalise
-    each batch by the speed it ran at. Autocast off, so runs of any precision are probed alike."""
-    dev = torch.device(device)
-    rows, width = (8192, 2048) if dev.type == "cuda" else (512, 256)
-    key = str(dev)
-    if key not in _PROBE_TENSORS:
-        generator = torch.Generator().manual_seed(0)
-        _PROBE_TENSORS[key] = (torch.randn(rows, width, generator=generator).to(dev),
-                               (torch.randn(width, 4 * width, generator=generator) / width**0.5).to(dev))
-    x, w = _PROBE_TENSORS[key]
-    seconds = []
-    with torch.autocast(dev.type, enabled=False):
-        for _ in range(3):
-            synchronize(dev)
-            start = time.perf_counter()
-            torch.nn.functional.gelu(x @ w) @ w.T
-            synchronize(dev)
-            seconds.append(time.perf_counter() - start)
-    return 2 * rows * width * 4 * width / statistics.median(seconds) / 1e9
-
-
-def probe_reference(timings: Sequence[Mapping[str, object]]) -> float | None:
-    """The reference speed of runs measured together: the median probe over all their timed batches (None when
-    none carries a probe, e.g. a timing.json written before probes existed)."""
-    probes = [b["probe"] for t in timings for b in t["batches"] if b.get("probe")]
-    return statistics.median(probes) if probes else None
+            "img_per_s_e2e": e2e, "sec_per_step": batch_size / median / steps, "timed_batches": len(batches)}
 
 
 @torch.no_grad()
@@ -233,13 +190,11 @@ def measure_throughput(
     warmup: int = 1,
     repeats: int = 3,
     precision: str = DEFAULT_PRECISION,
-    reference: float | None = None,
 ) -> dict[str, float | int | str | list[float]]:
     """Time the real generation (harness.sampling.generate) on batches of `batch_size`; JSON-ready dict.
 
     The timing pass for runs that generated nothing to time (all resumed), and for `make perf`: `warmup` untimed
-    batches, then `repeats` timed ones, each between two speed probes, summarised by throughput_stats (normalised
-    to `reference` GMAC/s, by default the pass's own median probe). `peak_mem_mb` is
+    batches, then `repeats` timed ones, summarised by throughput_stats. `peak_mem_mb` is
     torch.cuda.max_memory_allocated over the timed batches on a GPU, the process's peak RSS on a CPU (which cannot
     be reset, so it also covers whatever ran before in the process).
     """
@@ -250,10 +205,8 @@ def measure_throughput(
 
     def one_batch() -> dict[str, float]:
         timing: dict[str, float] = {"images": batch_size}
-        before = speed_probe(device)
         with precision_context(precision, device):
             generate(models, guidance, sampler, seeds, device=device, decode=decode, timing=timing)
-        timing["probe"] = (before + speed_probe(device)) / 2
         return timing
 
     for _ in range(warmup):
@@ -261,8 +214,7 @@ def measure_throughput(
     reset_peak_memory(device)
     timings = [one_batch() for _ in range(repeats)]
     return {
-        **throughput_stats(timings, batch_size, sampler.steps,
-                           reference if reference is not None else probe_reference([{"batches": timings}])),
+        **throughput_stats(timings, batch_size, sampler.steps),
         "peak_mem_mb": peak_memory_mb(device),
         "device": device_name(device),
         "batch_size": batch_size,
@@ -307,4 +259,4 @@ def achieved_rate(cost: Mapping[str, float], img_per_s: float, calibration: floa
 
 
 __all__ = ["ATTENTION_OPS", "achieved_rate", "count_forward", "device_name", "matmul_calibration", "measure_throughput",
-           "peak_memory_mb", "probe_reference", "reset_peak_memory", "run_cost", "speed_probe", "throughput_stats"]
+           "peak_memory_mb", "reset_peak_memory", "run_cost", "throughput_stats"]

@@ -29,7 +29,7 @@ from tqdm import tqdm
 import harness
 from harness import distributed
 from harness.errors import HarnessError
-from harness.cost import device_name, peak_memory_mb, reset_peak_memory, speed_probe
+from harness.cost import device_name, peak_memory_mb, reset_peak_memory
 from harness.models import FlowModel, ModelSpec, build_model
 from harness.precision import precision_context
 from harness.sampling import generate
@@ -443,18 +443,14 @@ def generate_run(run: Run, run_dir: Path, cache: ModelCache, env: dict[str, Any]
     desc = run.run_id if world == 1 else f"{run.run_id} (rank 0 of {world})"
     batches: list[dict[str, Any]] = []  # the timed batches cost.json's throughput comes from; the first warms up
     reset_peak_memory(device)
-    probe = speed_probe(device) if todo else None  # the machine's speed around each batch (throughput_stats)
     with tqdm(total=sum(len(s) for s in mine), initial=kept, unit="img", desc=desc, dynamic_ncols=True,
-              disable=not distributed.is_main()) as bar:
+              disable=not distributed.is_main()) as bar, precision_context(run.precision, device):
         for s in todo:
             labels = torch.from_numpy(expected[s.start]) if all_labels is not None else None
             timing: dict[str, Any] = {"images": len(s), "warmup": not batches}
-            with precision_context(run.precision, device):
-                images, used_labels = generate(models, run.guidance, run.sampler, [run.seed + i for i in s],
-                                               labels=labels, device=device,
-                                               decode=_finite_check(run.run_id, s, decode), timing=timing)
-            after = speed_probe(device)
-            timing["probe"], probe = (probe + after) / 2, after
+            images, used_labels = generate(models, run.guidance, run.sampler, [run.seed + i for i in s],
+                                           labels=labels, device=device,
+                                           decode=_finite_check(run.run_id, s, decode), timing=timing)
             write_shard(shard_path(run_dir, s.start), images, used_labels, np.arange(s.start, s.stop))
             batches.append(timing)
             bar.update(len(s))
@@ -532,9 +528,8 @@ def record_timing(run: Run, run_dir: Path, batches: list[dict[str, Any]], device
                                   "batches": old["batches"] + batches})
 
 
-def throughput_from_timing(run: Run, timing: dict[str, Any], reference: float | None = None) -> dict[str, Any]:
-    """cost.json's throughput fields from the generation's timed batches, normalised to the `reference` speed
-    (GMAC/s of harness.cost.speed_probe; None: raw rates).
+def throughput_from_timing(run: Run, timing: dict[str, Any]) -> dict[str, Any]:
+    """cost.json's throughput fields from the generation's timed batches.
 
     Warm-up batches (the first of each attempt: allocations, kernel selection, torch.compile) are left out, and so
     are shorter last batches (another shape) when full ones exist. A run of a single batch has only its warm-up to
@@ -547,7 +542,7 @@ def throughput_from_timing(run: Run, timing: dict[str, Any], reference: float | 
     steady = [b for b in batches if not b["warmup"]]
     timed = [b for b in steady if b["images"] == run.batch_size] or steady
     source = "generation" if timed else "generation (warm-up batch only)"
-    stats = throughput_stats(timed or batches, run.batch_size, run.sampler.steps, reference)
+    stats = throughput_stats(timed or batches, run.batch_size, run.sampler.steps)
     warmups = [b for b in batches if b["warmup"]]
     compile_seconds = None
     if run.compile and warmups and timed:
@@ -567,36 +562,30 @@ def measure_costs(runs: Sequence[Run], runs_root: str | Path, device: str | None
     for its config on this device (every shard was resumed from an earlier process) keeps a cost.json measured for
     the same config on the same device, or gets a short timing pass (harness.cost.measure_throughput, `warmup` +
     `repeats` batches) on the models of `cache` (built as generate_suite does from `dry_run` and `dry_vae_config`
-    when not given). Every batch's rate is normalised to the reference speed of the runs measured together (the
-    median speed probe over all their batches, per precision; harness.cost.throughput_stats), so that runs of equal
-    work agree however the machine's speed drifted between them. Prints one summary line.
+    when not given). Prints one summary line.
     """
-    from harness.cost import achieved_rate, matmul_calibration, measure_throughput, probe_reference, run_cost
+    from harness.cost import achieved_rate, matmul_calibration, measure_throughput, run_cost
 
     dev = distributed.resolve_device(device)
     name = device_name(dev)
     cache = cache or ModelCache(dev, dry_run, dry_vae_config, root)
-    timings = {run.run_id: read_timing(run, run_dir_of(runs_root, run), name) for run in runs}
-    references = {p: probe_reference([t for run in runs if run.precision == p and (t := timings[run.run_id])])
-                  for p in {run.precision for run in runs}}
     written, passes = [], 0
     start = time.perf_counter()
     for run in tqdm(runs, desc="cost", unit="run", dynamic_ncols=True, disable=not progress, leave=False):
         run_dir = run_dir_of(runs_root, run)
         path = run_dir / COST
-        timing = timings[run.run_id]
+        timing = read_timing(run, run_dir, name)
         if timing is None and path.is_file():
             old = json.loads(path.read_text())
             if old.get("config_hash") == run.config_hash and old.get("device") == name:
                 continue
         if timing is not None:
-            throughput = throughput_from_timing(run, timing, references[run.precision])
+            throughput = throughput_from_timing(run, timing)
         else:
             passes += 1
             throughput = {**measure_throughput(cache.run_models(run, run_dir.parent), run.guidance, run.sampler,
                                                run.batch_size, dev, decode=cache.decoder(run.models["main"].vae),
-                                               warmup=warmup, repeats=repeats, precision=run.precision,
-                                               reference=references[run.precision]),
+                                               warmup=warmup, repeats=repeats, precision=run.precision),
                           "throughput_source": "timing pass", "compile_seconds": None}
         flops = run_cost(run.models, run.guidance, run.sampler)
         cost = {**flops, **throughput, "device": name, "precision": run.precision, "compile": run.compile,
@@ -606,10 +595,8 @@ def measure_costs(runs: Sequence[Run], runs_root: str | Path, device: str | None
         write_json(path, cost)
         written.append(path)
     if progress and written:
-        costs = [json.loads(p.read_text()) for p in written]
-        spreads, factors = [c["img_per_s_spread"] for c in costs], [c["speed_factor"] for c in costs]
+        spreads = [json.loads(p.read_text())["img_per_s_spread"] for p in written]
         distributed.print0(f"cost: {len(written)} run(s) in {time.perf_counter() - start:.1f} s, throughput from "
                            f"generation for {len(written) - passes}, timing pass for {passes}; img/s spread (IQR / "
-                           f"median) {statistics.median(spreads):.1%} median, {max(spreads):.1%} max; machine speed "
-                           f"correction {min(factors):.3f}-{max(factors):.3f}")
+                           f"median) {statistics.median(spreads):.1%} median, {max(spreads):.1%} max")
     return written

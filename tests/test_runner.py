@@ -4,7 +4,6 @@ changes, NaN detection, balanced labels and the ADM npz. Uses the tiny Testbed-X
 from __future__ import annotations
 
 import json
-import statistics
 import os
 import shutil
 import signal
@@ -316,14 +315,9 @@ def test_cost_json_takes_throughput_from_the_generation_and_times_only_resumed_r
     measure_costs(suite.runs, out, "cpu", progress=False)
     cost = json.loads((run_dir(out) / COST).read_text())
     assert not passes and cost["throughput_source"] == "generation" and cost["timed_batches"] == 2  # full batches
-    assert all(b["probe"] > 0 for b in timing["batches"])  # the machine's speed around every batch
-    reference = statistics.median(b["probe"] for b in timing["batches"])  # one run measured: its own median probe
-    raw = sorted(4 / b["denoise"] for b in timing["batches"][1:3])
-    rates = sorted(4 / b["denoise"] * reference / b["probe"] for b in timing["batches"][1:3])
+    rates = sorted(4 / b["denoise"] for b in timing["batches"][1:3])
     assert cost["img_per_s"] == pytest.approx(sum(rates) / 2) and cost["img_per_s_iqr"] == pytest.approx(
         (rates[1] - rates[0]) / 2)
-    assert cost["img_per_s_measured"] == pytest.approx(sum(raw) / 2)
-    assert cost["speed_reference_gflops_per_s"] == pytest.approx(reference)
     assert cost["gflops_per_s"] == pytest.approx(cost["gflops"] * 2 * cost["img_per_s"])
     assert cost["utilization"] == pytest.approx(cost["gflops_per_s"] / cost["calibration_gflops_per_s"])
     assert cost["precision"] == "fp32" and cost["compile"] is False and cost["compile_seconds"] is None

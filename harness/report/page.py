@@ -107,9 +107,7 @@ def results_table(df: pd.DataFrame) -> str:
         table[f"{display_name(metric)}{arrow(metric)}"] = [f"**{c}**" if b else c for c, b in zip(cells, best)]
     note = ("Bold: the best run on a metric, and every run whose interval overlaps the best's "
             "(not called worse). ± is half the bootstrap interval where metrics.json has one. img/s: median over "
-            "the generation's timed batches (the first batch of each run warms up), each normalised to the bench's "
-            "median machine speed by the speed probes around it (`img_per_s_measured` and `speed_factor` in "
-            "results.csv give the raw rate and the correction), ± half their interquartile "
+            "the generation's timed batches (the first batch of each run warms up) ± half their interquartile "
             f"range, marked *noisy* where that range exceeds {NOISY_SPREAD:.0%} of the median; util.: GFLOP/s "
             "reached (`gflops` x steps x img/s) over a matmul calibration of the same device (`cost.json`).")
     return f"## Results\n\n{markdown_table(table)}\n\n{note}"

@@ -27,8 +27,6 @@ COST_HIGHER_IS_BETTER = {
     # the throughput's spread over the timed batches (IQR, and IQR / median), the rate reached, compile time
     "img_per_s_iqr": False, "img_per_s_spread": False, "gflops_per_s": True, "utilization": True,
     "compile_seconds": False,
-    # the raw median rate before normalising to the bench's reference machine speed, and the factor applied
-    "img_per_s_measured": True, "speed_factor": False,
 }
 # Throughput whose batches spread more than this (IQR / median) is marked as a noisy measurement in the report.
 NOISY_SPREAD = 0.10

@@ -7,8 +7,7 @@ AutoGuidance), the masking twin and the text-to-image model (`t2i`: TextDiT + it
 Flow matching with uniform t (the sampler starts at t = 0, so every t must be trained), label dropout 0.1 (CFG),
 EMA weights with warm-up. Routing: TREAD, 50% of the tokens routed around the middle blocks every step. Masking:
 MaskDiT, 50% of the tokens dropped before the encoder, the loss on kept tokens plus 0.1 x the loss on masked ones.
-T2I: scenes and prompts of harness/testbed/scenes.py, TREAD routing as above, prompt dropout 0.1 to the empty prompt,
-t from SD3's logit-normal(0, 1) mixed with 30% uniform (layout is decided at mid t; the ends must still be trained).
+T2I: scenes and prompts of harness/testbed/scenes.py, TREAD routing as above, prompt dropout 0.1 to the empty prompt.
 """
 
 from __future__ import annotations
@@ -45,7 +44,6 @@ TRAIN_GAMMA = 0.5
 LABEL_DROPOUT = 0.1
 MAE_WEIGHT = 0.1
 WARMUP = 200  # linear learning-rate warm-up steps
-T2I_UNIFORM_T = 0.3  # t2i: the fraction of t drawn uniformly, the rest logit-normal(0, 1)
 
 
 def model_spec(sparsity: str) -> ModelSpec:
@@ -293,8 +291,7 @@ def train_t2i(out: Path, steps: int, batch: int, seed: int, lr: float, device: t
         x1, ids, mask = x_all[idx], ids_all[idx].clone(), mask_all[idx].clone()
         drop = torch.rand(batch, device=device) < PROMPT_DROPOUT  # the empty prompt, CFG's null caption
         ids[drop], mask[drop] = null_ids, null_mask
-        t = torch.where(torch.rand(batch, device=device) < T2I_UNIFORM_T, torch.rand(batch, device=device),
-                        torch.sigmoid(torch.randn(batch, device=device)))
+        t = torch.rand(batch, device=device)
         z = torch.randn_like(x1)
         xt = t.view(-1, 1, 1, 1) * x1 + (1 - t.view(-1, 1, 1, 1)) * z
         token_ids = select_tokens(batch, n_tok, TRAIN_GAMMA, None, device)
@@ -397,7 +394,6 @@ def main(argv: list[str] | None = None) -> None:
         if part == "t2i":
             entry["config"] = {**ARCHS[T2I_ARCH], "sparsity": "routing", "route": list(ROUTE),
                                "train_gamma": TRAIN_GAMMA, "prompt_dropout": PROMPT_DROPOUT,
-                               "t_sampling": f"{T2I_UNIFORM_T:g} uniform + logit-normal(0, 1)",
                                "text_encoder": {"vocab": len(words.VOCAB), "width": words.WIDTH, "depth": 2}}
         elif part not in ("features", "detector"):
             entry["config"] = {**ARCHS[ARCH], "sparsity": part, "route": list(ROUTE) if part == "routing"
