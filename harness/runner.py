@@ -17,7 +17,7 @@ import shutil
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -416,6 +416,25 @@ def generate_run(run: Run, run_dir: Path, cache: ModelCache, env: dict[str, Any]
     `upto` generates only the run's first images (whole shards; harness search): the run stays the same run,
     marked incomplete until all its shards exist.
     """
+    world = distributed.get_world_size()
+    desc = run.run_id if world == 1 else f"{run.run_id} (rank 0 of {world})"
+    with tqdm(unit="img", desc=desc, dynamic_ncols=True, disable=not distributed.is_main()) as bar:
+        return _drain(run_batches(run, run_dir, cache, env, state, fresh, dry_run, adm_npz, upto, bar))
+
+
+def _drain(batches: Iterator[None]) -> RunResult:
+    """Run a run_batches generator to its end; its RunResult."""
+    while True:
+        try:
+            next(batches)
+        except StopIteration as stop:
+            return stop.value
+
+
+def run_batches(run: Run, run_dir: Path, cache: ModelCache, env: dict[str, Any], state: str, fresh: bool,
+                dry_run: bool, adm_npz: bool, upto: int | None, bar: tqdm) -> Generator[None, None, RunResult]:
+    """generate_run's work as a generator that yields after every batch (so that generate_suite can interleave
+    runs) and returns the RunResult. `bar` counts the images; its total grows by this run's share."""
     rank, world = distributed.get_rank(), distributed.get_world_size()
     device = cache.device
     if distributed.is_main():
@@ -439,33 +458,35 @@ def generate_run(run: Run, run_dir: Path, cache: ModelCache, env: dict[str, Any]
     expected = {s.start: (all_labels[s.start:s.stop] if all_labels is not None else None) for s in mine}
     todo = [s for s in mine if not shard_is_valid(shard_path(run_dir, s.start), s, expected[s.start])]
     kept = sum(len(s) for s in mine) - sum(len(s) for s in todo)
-    start = time.perf_counter()
-    desc = run.run_id if world == 1 else f"{run.run_id} (rank 0 of {world})"
+    bar.total = (bar.total or 0) + sum(len(s) for s in mine)
+    bar.update(kept)
     batches: list[dict[str, Any]] = []  # the timed batches cost.json's throughput comes from; the first warms up
-    reset_peak_memory(device)
-    with tqdm(total=sum(len(s) for s in mine), initial=kept, unit="img", desc=desc, dynamic_ncols=True,
-              disable=not distributed.is_main()) as bar, precision_context(run.precision, device):
-        for s in todo:
-            labels = torch.from_numpy(expected[s.start]) if all_labels is not None else None
-            timing: dict[str, Any] = {"images": len(s), "warmup": not batches}
+    peak_mb = 0.0
+    for s in todo:
+        models = cache.run_models(run, run_dir.parent)  # models are shared by runs: set this run's conditions
+        labels = torch.from_numpy(expected[s.start]) if all_labels is not None else None
+        timing: dict[str, Any] = {"images": len(s), "warmup": not batches}
+        reset_peak_memory(device)
+        with precision_context(run.precision, device):
             images, used_labels = generate(models, run.guidance, run.sampler, [run.seed + i for i in s],
                                            labels=labels, device=device,
                                            decode=_finite_check(run.run_id, s, decode), timing=timing)
-            write_shard(shard_path(run_dir, s.start), images, used_labels, np.arange(s.start, s.stop))
-            batches.append(timing)
-            bar.update(len(s))
-    seconds = time.perf_counter() - start
+        peak_mb = max(peak_mb, peak_memory_mb(device))
+        write_shard(shard_path(run_dir, s.start), images, used_labels, np.arange(s.start, s.stop))
+        batches.append(timing)
+        bar.update(len(s))
+        yield
     distributed.barrier()
 
     if distributed.is_main():
         if batches:
-            record_timing(run, run_dir, batches, device_name(device), peak_memory_mb(device))
+            record_timing(run, run_dir, batches, device_name(device), peak_mb)
         _finish(run, run_dir, planned)
         complete = all(shard_path(run_dir, s.start).is_file() for s in plan_shards(run.samples, run.batch_size))
         if adm_npz and complete:
             write_adm_npz(run_dir, run.samples)
         write_json(run_dir / MANIFEST, make_manifest(run, env, dry_run, complete=complete))
-    return RunResult(run.run_id, run_dir, sum(len(s) for s in todo), kept, seconds)
+    return RunResult(run.run_id, run_dir, sum(len(s) for s in todo), kept, sum(b["total"] for b in batches))
 
 
 def _finish(run: Run, run_dir: Path, shards: Sequence[range]) -> None:
@@ -485,7 +506,8 @@ def _finish(run: Run, run_dir: Path, shards: Sequence[range]) -> None:
 def generate_suite(suite: Suite, runs: Sequence[Run] | None = None, runs_root: str | Path | None = None,
                    device: str | None = None, fresh: bool = False, adm_npz: bool = False,
                    dry_run: bool = False, dry_vae_config: dict[str, Any] | None = None,
-                   cache: ModelCache | None = None, upto: int | None = None) -> list[RunResult]:
+                   cache: ModelCache | None = None, upto: int | None = None,
+                   interleave: bool = True) -> list[RunResult]:
     """Generate the samples of `runs` (default: all of the suite's), resuming where earlier attempts stopped.
 
     Under torchrun every rank calls this with the same arguments; the process group is joined here (NCCL on CUDA,
@@ -493,6 +515,11 @@ def generate_suite(suite: Suite, runs: Sequence[Run] | None = None, runs_root: s
     marks the manifests and builds random models and VAEs (from `dry_vae_config`, default SD-VAE's) instead of
     reading weights (harness.dryrun prepares such a suite). A given `cache` keeps the built models for later stages.
     `upto` generates only each run's first `upto` images (whole shards; harness search).
+
+    A single process interleaves the runs batch by batch (round robin), so that every run's timed batches sample
+    the machine's speed over the whole generation: a shared machine drifts by 10-20% over minutes, and runs of equal
+    work generated one after the other would differ by that much. Under torchrun (or `interleave=False`) runs go
+    one after another, each rank on its share of the shards.
     """
     runs = list(suite.runs if runs is None else runs)
     root_dir = Path(runs_root) if runs_root is not None else suite.root / "runs"
@@ -502,8 +529,21 @@ def generate_suite(suite: Suite, runs: Sequence[Run] | None = None, runs_root: s
     distributed.barrier()  # every rank has read the old manifests before rank 0 rewrites them
     cache = cache or ModelCache(dev, dry_run, dry_vae_config, suite.root)
     env = environment(dev) if distributed.is_main() else {}
-    return [generate_run(run, run_dir_of(root_dir, run), cache, env, states[run.run_id], fresh, dry_run, adm_npz,
-                         upto) for run in runs]
+    if not interleave or distributed.get_world_size() > 1:
+        return [generate_run(run, run_dir_of(root_dir, run), cache, env, states[run.run_id], fresh, dry_run,
+                             adm_npz, upto) for run in runs]
+    results: dict[str, RunResult] = {}
+    with tqdm(unit="img", desc=f"generate ({len(runs)} runs, interleaved)", dynamic_ncols=True) as bar:
+        active = {run.run_id: run_batches(run, run_dir_of(root_dir, run), cache, env, states[run.run_id], fresh,
+                                          dry_run, adm_npz, upto, bar) for run in runs}
+        while active:
+            for run_id, batches in list(active.items()):
+                try:
+                    next(batches)
+                except StopIteration as stop:
+                    results[run_id] = stop.value
+                    del active[run_id]
+    return [results[run.run_id] for run in runs]
 
 
 def read_timing(run: Run, run_dir: Path, device: str) -> dict[str, Any] | None:

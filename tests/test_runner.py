@@ -377,3 +377,32 @@ def test_compile_is_applied_and_its_time_reported_apart(weights, tmp_path, monke
     measure_costs(suite.runs, tmp_path / "runs", "cpu", progress=False)
     cost = json.loads((run_dir(tmp_path / "runs") / COST).read_text())
     assert cost["compile"] is True and cost["compile_seconds"] >= 0 and cost["timed_batches"] == 2
+
+
+def test_a_single_process_interleaves_runs_batch_by_batch_with_the_same_images(weights, tmp_path, monkeypatch):
+    import harness.runner
+
+    text = suite_text(weights, samples=8, batch_size=4) + f"""
+[[runs]]
+name = "plain"
+method = "cfg"
+omega = 1.5
+"""
+    (tmp_path / "two.toml").write_text(text)
+    suite = load_suite(tmp_path / "two.toml", root=tmp_path)
+    order = []
+    original = harness.runner.write_shard
+    monkeypatch.setattr(harness.runner, "write_shard",
+                        lambda path, *a: order.append(path.parent.name) or original(path, *a))
+    results = generate_suite(suite, runs_root=tmp_path / "mixed", device="cpu")
+    assert order == [RUN, "plain", RUN, "plain"]  # round robin: both runs' batches sample the whole generation
+    assert [r.generated for r in results] == [8, 8] and all(r.seconds > 0 for r in results)
+    order.clear()
+    generate_suite(suite, runs_root=tmp_path / "sequential", device="cpu", interleave=False)
+    assert order == [RUN, RUN, "plain", "plain"]
+    for run in (RUN, "plain"):
+        for shard in sorted((tmp_path / "mixed" / "rt" / run).glob("samples-*.npz")):
+            with np.load(shard) as a, np.load(tmp_path / "sequential" / "rt" / run / shard.name) as b:
+                assert all(np.array_equal(a[k], b[k]) for k in a.files)
+        timing = json.loads((tmp_path / "mixed" / "rt" / run / "timing.json").read_text())
+        assert [b["warmup"] for b in timing["batches"]] == [True, False]
