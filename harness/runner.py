@@ -419,16 +419,21 @@ def generate_run(run: Run, run_dir: Path, cache: ModelCache, env: dict[str, Any]
     world = distributed.get_world_size()
     desc = run.run_id if world == 1 else f"{run.run_id} (rank 0 of {world})"
     with tqdm(unit="img", desc=desc, dynamic_ncols=True, disable=not distributed.is_main()) as bar:
-        return _drain(run_batches(run, run_dir, cache, env, state, fresh, dry_run, adm_npz, upto, bar))
+        batches = run_batches(run, run_dir, cache, env, state, fresh, dry_run, adm_npz, upto, bar)
+        return round_robin({run.run_id: batches})[run.run_id]
 
 
-def _drain(batches: Iterator[None]) -> RunResult:
-    """Run a run_batches generator to its end; its RunResult."""
-    while True:
-        try:
-            next(batches)
-        except StopIteration as stop:
-            return stop.value
+def round_robin(active: dict[str, Iterator[None]]) -> dict[str, RunResult]:
+    """Drive run_batches generators one batch each in turn until all are done; their RunResults by run id."""
+    results: dict[str, RunResult] = {}
+    while active:
+        for run_id, batches in list(active.items()):
+            try:
+                next(batches)
+            except StopIteration as stop:
+                results[run_id] = stop.value
+                del active[run_id]
+    return results
 
 
 def run_batches(run: Run, run_dir: Path, cache: ModelCache, env: dict[str, Any], state: str, fresh: bool,
@@ -532,17 +537,9 @@ def generate_suite(suite: Suite, runs: Sequence[Run] | None = None, runs_root: s
     if not interleave or distributed.get_world_size() > 1:
         return [generate_run(run, run_dir_of(root_dir, run), cache, env, states[run.run_id], fresh, dry_run,
                              adm_npz, upto) for run in runs]
-    results: dict[str, RunResult] = {}
     with tqdm(unit="img", desc=f"generate ({len(runs)} runs, interleaved)", dynamic_ncols=True) as bar:
-        active = {run.run_id: run_batches(run, run_dir_of(root_dir, run), cache, env, states[run.run_id], fresh,
-                                          dry_run, adm_npz, upto, bar) for run in runs}
-        while active:
-            for run_id, batches in list(active.items()):
-                try:
-                    next(batches)
-                except StopIteration as stop:
-                    results[run_id] = stop.value
-                    del active[run_id]
+        results = round_robin({run.run_id: run_batches(run, run_dir_of(root_dir, run), cache, env, states[run.run_id],
+                                                       fresh, dry_run, adm_npz, upto, bar) for run in runs})
     return [results[run.run_id] for run in runs]
 
 
