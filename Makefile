@@ -31,15 +31,21 @@ perf: setup
 	$(BIN)/python -m benchmarks.perf $(ARGS)
 
 # The three parts train side by side, one thread each (about an hour on a 2-core machine), as the committed
-# checkpoints were made; then the text-to-image testbed's detector and model (TextDiT + word encoder, about an
-# hour more); `python -m harness.testbed.train --help` for one part at a time.
+# checkpoints were made; then the text-to-image testbed's detector and model side by side (TextDiT + word encoder,
+# 5000 steps at lr 1e-3, then 3000 more at 3e-4 from its EMA weights: about 85 minutes more), all into
+# TESTBED_OUT; `python -m harness.testbed.train --help` for one part at a time.
+TESTBED_OUT ?= checkpoints
 testbed: setup
 	pids=""; for part in features routing masking; do \
-	  $(BIN)/python -m harness.testbed.train --only $$part --threads 1 $(ARGS) & pids="$$pids $$!"; done; \
+	  $(BIN)/python -m harness.testbed.train --only $$part --threads 1 --out $(TESTBED_OUT) $(ARGS) & \
+	  pids="$$pids $$!"; done; \
 	for p in $$pids; do wait $$p || exit 1; done
-	$(BIN)/python -m harness.testbed.train --only detector --feature-steps 2500 --pool 16000 --threads 1 $(ARGS) & \
-	pid=$$!; $(BIN)/python -m harness.testbed.train --only t2i --steps 2000 --batch 64 --early-step 187 --pool 30000 \
-	  --threads 1 $(ARGS) && wait $$pid
+	$(BIN)/python -m harness.testbed.train --only detector --feature-steps 2500 --pool 16000 --threads 1 \
+	  --out $(TESTBED_OUT) $(ARGS) & pid=$$!; \
+	$(BIN)/python -m harness.testbed.train --only t2i --steps 5000 --batch 128 --early-step 312 --pool 60000 \
+	  --threads 2 --out $(TESTBED_OUT) $(ARGS) && \
+	$(BIN)/python -m harness.testbed.train --only t2i --init $(TESTBED_OUT) --steps 3000 --lr 3e-4 --batch 128 \
+	  --pool 60000 --threads 2 --out $(TESTBED_OUT) $(ARGS) && wait $$pid
 
 # HPSv3 runs in its own environment: the hpsv3 package pins transformers 4.45.2, which the main .venv must not get.
 # torch first (hpsv3's own environment pins torch 2.6.0), then the package; the harness starts

@@ -37,6 +37,22 @@ def test_evaluation_set_is_committed_in_genevals_format_and_held_out_where_feasi
     assert len(load_prompts(str(scenes.EVAL_FILE))) == len(metas)  # the prompt plumbing reads it
 
 
+def test_scenes_put_one_object_per_grid_cell_and_position_pairs_side_by_side():
+    rng = np.random.default_rng(0)
+    for meta in scenes.evaluation_prompts():
+        objects = scenes.scene_objects(meta, rng)
+        cells = {(int(o["x"] // scenes.CELL), int(o["y"] // scenes.CELL)) for o in objects}
+        assert len(cells) == len(objects) == sum(r["count"] for r in meta["include"])  # distinct cells
+        if meta["tag"] == "position":
+            anchor, other = (np.array([o["x"], o["y"]]) for o in objects)
+            dx, dy = scenes.RELATIONS[meta["include"][1]["position"][0]]
+            offset = other - anchor  # include[1] is `relation` of include[0]
+            assert np.sign(offset[0 if dx else 1]) == (dx or dy) and abs(offset[1 if dx else 0]) <= 2 * scenes.JITTER
+        for o in objects:  # inside its cell, so objects never touch
+            assert abs(o["x"] % scenes.CELL - scenes.CELL / 2) <= scenes.JITTER
+            assert o["radius"] + scenes.JITTER < scenes.CELL / 2
+
+
 def test_world_detector_scores_rendered_scenes_by_genevals_rules():
     metas = [m for m in scenes.evaluation_prompts() if m["tag"] != "counting"][::6]
     detector = build_detector("testbed")
@@ -116,6 +132,25 @@ def test_suite_runs_the_t2i_path_and_prompts_matter_on_committed_models():
     assert np.abs(cfg.astype(int) - other.astype(int)).mean() > 0.5  # another prompt, another image
 
 
+def test_committed_t2i_model_draws_the_colour_and_shape_its_prompt_names():
+    """The committed model passes a small gate of its own: under CFG it draws the 25 colour prompts' objects far
+    more often than the same images match the neighbouring prompt (another colour of the same shape)."""
+    suite = load_suite("suites/t2i_testbed.toml")
+    run = next(r for r in suite.runs if r.guidance.method == "cfg")
+    prompts = load_prompts(suite.prompts, suite.root)
+    models = {}
+    for role, spec in run.models.items():
+        models[role] = build_model(spec)
+        models[role].conditions = prompt_conditions(spec, prompts)
+    metas = scenes.evaluation_prompts()
+    colors = [i for i, m in enumerate(metas) if m["tag"] == "colors"]
+    images, _ = generate(models, GuidanceSpec("cfg", 3.0), SamplerSpec("euler", 12), colors, torch.tensor(colors))
+    detector = WorldDetector()
+    right = summarize(judge_images(images, [metas[i] for i in colors], detector))["geneval_colors"]
+    wrong = summarize(judge_images(images, [metas[i] for i in colors[1:] + colors[:1]], detector))["geneval_colors"]
+    assert right >= 0.5 and wrong <= 0.2, (right, wrong)
+
+
 def test_bench_of_the_t2i_suite_scores_prompt_metrics_from_the_command_line(tmp_path):
     """The non-dry path end to end (generation, the prompt metrics' asset check, scoring, report) on 4 images."""
     import subprocess
@@ -177,6 +212,9 @@ def test_gate_and_versus_table_from_a_results_table(tmp_path):
     assert verdict["unguided_above_random"] and "sg" in verdict["guided_runs_disjoint_from_unguided"]
     assert verdict["go"]
     assert not gate(results, {"geneval_testbed": 0.3, "lo": 0.25, "hi": 0.4})["go"]  # unguided not above the floor
+    close = gate(results, {"geneval_testbed": 0.2, "lo": 0.14, "hi": 0.28})  # intervals overlap, the difference is clear
+    assert close["go"] and not close["unguided_intervals_disjoint_from_random"]
+    assert close["unguided_minus_random"]["unguided"][1] > 0
     table = versus(results, tmp_path, "cfg")
     best_cfg = max(("cfg-omega2", "cfg-omega4"), key=lambda r: results.set_index("run").loc[r, "geneval_testbed"])
     assert f"minus {best_cfg}" in table and "| sg | 0.75 | 1.33 |" in table and "| unguided |" not in table

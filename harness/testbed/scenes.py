@@ -3,8 +3,10 @@
 Five of the testbed's shapes in five distinct colours on a plain dark background, 32x32 RGB, drawn at 2x and
 2x2-pooled like harness/testbed/data.py. The prompt grammar mirrors GenEval's six tasks and writes GenEval's metadata
 schema (`tag`, `include` [{class, count, color?, position?}], `exclude`, `prompt`), so the same `judge` scores both.
-Objects never touch (they stay separable); position scenes place the object inside a 50-degree cone around the
-named direction, which GenEval's relative-position rule always accepts.
+Objects sit one per cell of a 2x2 grid (16x16 pixels, 4x4 patches of the model), jittered, sized and turned a
+little: they never touch, and the layout's uncertainty is which cells are used, not a continuum of positions.
+Position scenes put the two objects side by side in one row or one column, which GenEval's relative-position rule
+always accepts.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ IMAGE_SIZE = 32
 NUMBERS = {2: "two", 3: "three", 4: "four"}
 RELATIONS = {"left of": (-1.0, 0.0), "right of": (1.0, 0.0), "above": (0.0, -1.0), "below": (0.0, 1.0)}  # y down
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
-RADIUS = (4.2, 5.8)  # object radius in pixels
-GAP = 1.5  # minimum free pixels between two objects
-MAX_ROTATION = 0.3
-CONE = np.deg2rad(25.0)  # position scenes: half-angle around the named direction
+GRID = 2  # objects sit in the cells of a GRID x GRID layout, at most one per cell
+CELL = IMAGE_SIZE // GRID
+CELL_ORDER = [(col, row) for row in range(GRID) for col in range(GRID)]
+RADIUS = (5.3, 6.3)  # object radius in pixels
+JITTER = 1.0  # object centre offset from its cell's centre, pixels either way
+MAX_ROTATION = 0.2
 EVAL_SEED = 43  # GenEval's create_prompts seed
 TRAIN_SEED, REFERENCE_SEED = 0, 1_000_003  # training scenes; FD reference scenes (disjoint draw)
 EVAL_COUNTS = {"single_object": 5, "two_object": 10, "counting": 15, "colors": 25, "position": 24, "color_attr": 24}
@@ -118,27 +122,18 @@ def write_evaluation_metadata(path: str | Path = EVAL_FILE) -> None:
 #################################################################################
 
 
-def _place(radii: np.ndarray, rng: np.random.Generator, anchor: tuple[int, int, str] | None = None) -> np.ndarray | None:
-    """Centres (n, 2) in pixels for objects of `radii` that never touch; `anchor` (a, b, rel) puts object a `rel`
-    of object b. None when a draw fails (the caller redraws)."""
-    centres = np.zeros((len(radii), 2))
-    for i, r in enumerate(radii):
-        for _ in range(50):
-            if anchor is not None and i == anchor[0]:
-                dx, dy = RELATIONS[anchor[2]]
-                angle = np.arctan2(dy, dx) + rng.uniform(-CONE, CONE)
-                dist = rng.uniform(r + radii[anchor[1]] + GAP + 1.0, IMAGE_SIZE * 0.7)
-                c = centres[anchor[1]] + dist * np.array([np.cos(angle), np.sin(angle)])
-            else:
-                c = rng.uniform(r + 0.5, IMAGE_SIZE - r - 0.5, 2)
-            inside = (c >= r + 0.5).all() and (c <= IMAGE_SIZE - r - 0.5).all()
-            apart = all(np.hypot(*(c - centres[j])) >= r + radii[j] + GAP for j in range(i))
-            if inside and apart:
-                centres[i] = c
-                break
-        else:
-            return None
-    return centres
+def _cells(n: int, rng: np.random.Generator, relation: str | None = None) -> list[tuple[int, int]]:
+    """(column, row) cells of the 2x2 grid for n objects: distinct cells at random, or, for a position prompt, object
+    1 `relation` of object 0 in the same row (left of / right of) or column (above / below)."""
+    if relation is None:
+        return [CELL_ORDER[i] for i in rng.permutation(len(CELL_ORDER))[:n]]
+    dx, dy = RELATIONS[relation]
+    k = int(rng.integers(GRID))
+    if dx:
+        a, b = (0, 1) if dx > 0 else (1, 0)  # object 1 right of object 0: object 0 in column 0
+        return [(a, k), (b, k)]
+    a, b = (0, 1) if dy > 0 else (1, 0)  # y grows downwards: object 1 below object 0: object 0 in row 0
+    return [(k, a), (k, b)]
 
 
 def scene_objects(meta: dict, rng: np.random.Generator) -> list[dict]:
@@ -148,15 +143,10 @@ def scene_objects(meta: dict, rng: np.random.Generator) -> list[dict]:
         shapes += [req["class"]] * req["count"]
         colors += [req.get("color")] * req["count"]
     colors = [c if c is not None else list(COLORS)[rng.integers(len(COLORS))] for c in colors]
-    anchor = None
-    if meta["tag"] == "position":
-        rel = meta["include"][1]["position"][0]
-        anchor = (1, 0, rel)  # include[1] is `rel` of include[0]
-    while True:
-        radii = rng.uniform(*RADIUS, len(shapes))
-        centres = _place(radii, rng, anchor)
-        if centres is not None:
-            break
+    relation = meta["include"][1]["position"][0] if meta["tag"] == "position" else None  # include[1] is `rel` of [0]
+    cells = _cells(len(shapes), rng, relation)
+    radii = rng.uniform(*RADIUS, len(shapes))
+    centres = (np.array(cells) + 0.5) * CELL + rng.uniform(-JITTER, JITTER, (len(shapes), 2))
     angles = rng.uniform(-MAX_ROTATION, MAX_ROTATION, len(shapes))
     return [{"shape": s, "color": c, "x": float(x), "y": float(y), "radius": float(r), "angle": float(a)}
             for s, c, (x, y), r, a in zip(shapes, colors, centres, radii, angles)]

@@ -7,7 +7,8 @@ AutoGuidance), the masking twin and the text-to-image model (`t2i`: TextDiT + it
 Flow matching with uniform t (the sampler starts at t = 0, so every t must be trained), label dropout 0.1 (CFG),
 EMA weights with warm-up. Routing: TREAD, 50% of the tokens routed around the middle blocks every step. Masking:
 MaskDiT, 50% of the tokens dropped before the encoder, the loss on kept tokens plus 0.1 x the loss on masked ones.
-T2I: scenes and prompts of harness/testbed/scenes.py, TREAD routing as above, prompt dropout 0.1 to the empty prompt.
+T2I: scenes and prompts of harness/testbed/scenes.py, TREAD routing as above, prompt dropout 0.1 to the empty prompt;
+`make testbed` trains it in two stages, the second (`--init`) at a lower learning rate from the first's EMA weights.
 """
 
 from __future__ import annotations
