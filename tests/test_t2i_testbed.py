@@ -112,15 +112,21 @@ def test_t2i_training_part_writes_loadable_checkpoints_and_a_record(tmp_path):
     assert (tmp_path / "t2i_testbed_early.safetensors").read_bytes() == early
 
 
-def test_suite_runs_the_t2i_path_and_prompts_matter_on_committed_models():
-    suite = load_suite("suites/t2i_testbed.toml")
-    assert {"geneval_testbed", "fd_testbed"} <= set(suite.metrics)
+def _cfg_run_and_models(suite):
+    """The suite's first CFG run and its committed models, with the evaluation prompts as their conditions."""
     run = next(r for r in suite.runs if r.guidance.method == "cfg")
     prompts = load_prompts(suite.prompts, suite.root)
     models = {}
     for role, spec in run.models.items():
         models[role] = build_model(spec)
         models[role].conditions = prompt_conditions(spec, prompts)
+    return run, models
+
+
+def test_suite_runs_the_t2i_path_and_prompts_matter_on_committed_models():
+    suite = load_suite("suites/t2i_testbed.toml")
+    assert {"geneval_testbed", "fd_testbed"} <= set(suite.metrics)
+    run, models = _cfg_run_and_models(suite)
     conds = torch.tensor([0, 0, 40, 40])  # "a photo of a disc" twice, then a colour prompt twice
     sampler = SamplerSpec("euler", 6)
     cfg, labels = generate(models, run.guidance, sampler, [0, 1, 2, 3], conds)
@@ -135,13 +141,7 @@ def test_suite_runs_the_t2i_path_and_prompts_matter_on_committed_models():
 def test_committed_t2i_model_draws_the_colour_and_shape_its_prompt_names():
     """The committed model passes a small gate of its own: under CFG it draws the 25 colour prompts' objects far
     more often than the same images match the neighbouring prompt (another colour of the same shape)."""
-    suite = load_suite("suites/t2i_testbed.toml")
-    run = next(r for r in suite.runs if r.guidance.method == "cfg")
-    prompts = load_prompts(suite.prompts, suite.root)
-    models = {}
-    for role, spec in run.models.items():
-        models[role] = build_model(spec)
-        models[role].conditions = prompt_conditions(spec, prompts)
+    _, models = _cfg_run_and_models(load_suite("suites/t2i_testbed.toml"))
     metas = scenes.evaluation_prompts()
     colors = [i for i, m in enumerate(metas) if m["tag"] == "colors"]
     images, _ = generate(models, GuidanceSpec("cfg", 3.0), SamplerSpec("euler", 12), colors, torch.tensor(colors))
