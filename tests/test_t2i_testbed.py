@@ -212,7 +212,7 @@ def test_gate_and_versus_table_from_a_results_table(tmp_path):
     assert verdict["unguided_above_random"] and "sg" in verdict["guided_runs_disjoint_from_unguided"]
     assert verdict["go"]
     assert not gate(results, {"geneval_testbed": 0.3, "lo": 0.25, "hi": 0.4})["go"]  # unguided not above the floor
-    close = gate(results, {"geneval_testbed": 0.2, "lo": 0.14, "hi": 0.28})  # intervals overlap, the difference is clear
+    close = gate(results, {"geneval_testbed": 0.2, "lo": 0.14, "hi": 0.28})  # intervals overlap, clear difference
     assert close["go"] and not close["unguided_intervals_disjoint_from_random"]
     assert close["unguided_minus_random"]["unguided"][1] > 0
     table = versus(results, tmp_path, "cfg")

@@ -4,8 +4,9 @@ Go when (1) every unguided seed range scores geneval_testbed clearly above rando
 difference from the random scenes' score lies above 0, the two read as independent with their intervals as +-1.96
 standard errors) and (2) guidance moves it: some guided run's interval is disjoint from every unguided run's.
 The first version of (1) asked for disjoint intervals, a test at about p < 0.006 rather than 0.05 (two intervals
-that just touch); it is still recorded as `unguided_intervals_disjoint_from_random`. Random scenes: one scene of a random training-grammar prompt per evaluation image, judged against the
-evaluation prompt by the same detector and rules.
+that just touch); it is still recorded as `unguided_intervals_disjoint_from_random`. Random scenes: one scene of a
+random training-grammar prompt per evaluation image, judged against the evaluation prompt by the same detector and
+rules.
 
     python -m harness.testbed.t2i_gate reports/t2i_testbed/results.csv [--record checkpoints/testbed_record.json]
         [--versus cfg --runs runs/t2i_testbed]
@@ -52,11 +53,14 @@ def gate(results: pd.DataFrame, floor: dict[str, float]) -> dict:
     unguided = rows[rows["method"] == "none"]
     unguided = unguided[unguided["gamma_strong"].astype(str).isin(["0", "0.0"])]
     guided = rows[rows["method"] != "none"]
-    se = np.hypot((unguided["geneval_testbed_hi"] - unguided["geneval_testbed_lo"]) / 3.92, (floor["hi"] - floor["lo"]) / 3.92)
+    # a 95% interval is +-1.96 standard errors: the difference's half-width is the two half-widths in quadrature
+    half = np.hypot((unguided["geneval_testbed_hi"] - unguided["geneval_testbed_lo"]) / 2,
+                    (floor["hi"] - floor["lo"]) / 2)
     diff = unguided["geneval_testbed"] - floor["geneval_testbed"]
-    margin = {run: [round(d, 4), round(d - 1.96 * e, 4), round(d + 1.96 * e, 4)] for run, d, e in zip(diff.index, diff, se)}
-    above = bool((diff - 1.96 * se > 0).all()) and len(unguided) > 0
-    disjoint = bool((unguided["geneval_testbed_lo"] > floor["hi"]).all()) and len(unguided) > 0
+    margin = {run: [round(d, 4), round(d - h, 4), round(d + h, 4)] for run, d, h in zip(diff.index, diff, half)}
+    some = len(unguided) > 0
+    above = some and bool((diff - half > 0).all())
+    disjoint = some and bool((unguided["geneval_testbed_lo"] > floor["hi"]).all())
     moved = [run for run, r in guided.iterrows()
              if all(r["geneval_testbed_lo"] > u["geneval_testbed_hi"] or r["geneval_testbed_hi"] < u["geneval_testbed_lo"]
                     for _, u in unguided.iterrows())]
