@@ -40,7 +40,8 @@ from harness.errors import HarnessError
 from harness.guidance import GuidanceSpec
 from harness.models import ModelSpec, family_of
 from harness.models.adapters import FlowModel
-from harness.models.dit import COND_ROWS, num_sparse
+from harness.models.batching import FORWARD_ROWS
+from harness.models.dit import num_sparse
 from harness.precision import DEFAULT_PRECISION, precision_context
 from harness.sampling import SamplerSpec, generate, synchronize
 
@@ -70,10 +71,10 @@ def _fake_network(config) -> tuple[FakeTensorMode, torch.nn.Module]:
 def _count_tokens(config, sparse_tokens: int) -> tuple[int, int]:
     """(linear/conv FLOPs, attention FLOPs) of one single-image forward with `sparse_tokens` routed or masked.
 
-    Counted on a batch of COND_ROWS images and divided, so that the padding rows of the per-image conditioning
-    (harness.models.dit.pad_rows) are not charged: every count is linear in the batch."""
+    Counted on a chunk of FORWARD_ROWS images (the shape every network call has) and divided: every count is linear
+    in the batch."""
     n = config.num_tokens
-    batch = COND_ROWS
+    batch = FORWARD_ROWS
     gamma = 0.0 if sparse_tokens == 0 else (sparse_tokens + 0.5) / n  # any gamma with int(n * gamma) = sparse_tokens
     mode, net = _fake_network(config)
     counter = FlopCounterMode(display=False, custom_mapping={

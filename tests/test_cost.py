@@ -20,7 +20,8 @@ from harness.cost import (
 from harness.errors import HarnessError
 from harness.guidance import GuidanceSpec, Schedule
 from harness.models import ModelSpec, build_model
-from harness.models.dit import COND_ROWS, DiTConfig, SparseDiT, num_sparse
+from harness.models.batching import FORWARD_ROWS
+from harness.models.dit import DiTConfig, SparseDiT, num_sparse
 from harness.plan import TOTAL_ROW, add_plan_parser, format_plan, plan_table
 from harness.sampling import GuidedDenoiser, SamplerSpec, draw_labels, draw_noise, make_generators, sample
 from harness.suite import load_suite
@@ -127,7 +128,7 @@ def test_counts_match_fvcore_and_flop_counter_on_real_models(spec, gamma):
     config = spec.config()[0]
     torch.manual_seed(0)
     net = SparseDiT(config).eval()
-    b = COND_ROWS  # a full row block of the padded conditioning, so that every counted row is an image
+    b = FORWARD_ROWS  # one network chunk
     x = torch.randn(b, config.in_channels, config.input_size, config.input_size)
     t, y = torch.rand(b), torch.zeros(b, dtype=torch.long)
     gflops, gflops_full = count_forward(config, gamma)

@@ -36,6 +36,16 @@ def test_decode_scales_latents_and_batches_without_changing_results():
     torch.testing.assert_close(again, pixels)  # the random VAE is the same in every process
 
 
+def test_decoded_pixels_do_not_depend_on_the_generation_batch():
+    """12 latents decoded at once equal the same latents decoded as 5 + 5 + 2, bit for bit (fixed-shape chunks)."""
+    model = vae.build_vae("sd-vae-ft-ema", random_init=True, config=vae.SMALL_VAE_CONFIG)
+    decode = vae.make_decoder(model, batch_size=4)
+    latents = torch.randn(12, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    whole = decode(latents)
+    assert torch.equal(torch.cat([decode(latents[:5]), decode(latents[5:10]), decode(latents[10:])]), whole)
+    assert torch.equal(decode(latents[3:4]), whole[3:4])
+
+
 def test_local_folder_weights_load_and_missing_weights_say_how_to_fetch(tmp_path, monkeypatch):
     monkeypatch.delenv("HARNESS_ASSETS", raising=False)
     monkeypatch.setattr(vae, "_hub_cached", lambda hub_id: False)

@@ -14,6 +14,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from harness.models.batching import FORWARD_ROWS, pad_rows
+
 # What a masked weak branch of a guided denoiser keeps at the positions it dropped: the network's own output there
 # ("decoder": the decoder's output from the mask token, trained on other targets than the kept tokens) or the strong
 # branch's prediction ("strong": guidance acts on the weak branch's kept tokens only). Default: "decoder", which
@@ -105,8 +107,12 @@ class FlowModel(nn.Module):
     a masked guidance branch keeps at the positions it dropped (DROPPED; applied by harness.sampling.GuidedDenoiser).
     """
 
-    def __init__(self, net: nn.Module, convention: str = "sit", conditions=None, dropped: str = DEFAULT_DROPPED):
+    def __init__(self, net: nn.Module, convention: str = "sit", conditions=None, dropped: str = DEFAULT_DROPPED,
+                 rows: int = FORWARD_ROWS):
         super().__init__()
+        if rows < 1:
+            raise ValueError(f"rows must be >= 1, got {rows}")
+        self.rows = rows
         if convention not in CONVENTIONS:
             raise KeyError(f"unknown convention {convention!r}; known: {', '.join(CONVENTIONS)}")
         if dropped not in DROPPED:
@@ -149,32 +155,38 @@ class FlowModel(nn.Module):
         """Flow velocity (B, C, H, W) at harness time t (B,), condition `cond`, token sparsity gamma.
 
         `ids` (B, N_keep), when given, fixes the kept tokens of a sparse forward instead of drawing them.
-        CPU BLAS kernels round a row differently for different row counts; padding makes image i's numbers
-        independent of its batch's size. A network that pads its own per-image conditioning (`pads_conditioning`,
-        SparseDiT) needs a second row only for a single image; any other is padded to a multiple of BATCH_MULTIPLE.
+        The network always sees `self.rows` images at a time (the last chunk padded with copies of its first image):
+        BLAS libraries pick kernels, and so rounding, by matrix shape, so one fixed shape for every call makes image
+        i's numbers independent of the batch it came in, whatever kernels a machine's BLAS chooses.
         """
-        batch = x.shape[0]
-        pad = max(0, 2 - batch) if getattr(self.net, "pads_conditioning", False) else -batch % BATCH_MULTIPLE
-        if pad:
-            x, t, cond = (torch.cat([v, v[:1].expand(pad, *v.shape[1:])]) for v in (x, t, cond))
-            if ids is not None:
-                ids = torch.cat([ids, ids[:1].expand(pad, -1)])
-            if generators is not None:
-                generators = [*generators, *(torch.Generator().manual_seed(0) for _ in range(pad))]
         if self.conditions is None:
             raise RuntimeError("this network conditions on text: set model.conditions to the prompt set's "
                                "PromptConditions first (harness.prompts.encode.prompt_conditions)")
+        batch, rows = x.shape[0], self.rows
+        pad = -batch % rows
+        x, t, cond = (pad_rows(v, rows) for v in (x, t, cond))
+        ids = None if ids is None else pad_rows(ids, rows)
+        if generators is not None:
+            generators = [*generators, *(torch.Generator().manual_seed(0) for _ in range(pad))]
+        out = [
+            self._velocity(x[i : i + rows], t[i : i + rows], cond[i : i + rows], gamma,
+                           None if generators is None else generators[i : i + rows],
+                           None if ids is None else ids[i : i + rows])
+            for i in range(0, batch + pad, rows)
+        ]
+        return torch.cat(out)[:batch]
+
+    def _velocity(self, x, t, cond, gamma, generators, ids) -> torch.Tensor:
+        """The velocity of one fixed-size chunk, through the checkpoint's convention."""
         cond = self.conditions.resolve(cond)
         channels = self.net.config.in_channels
         if self.convention == "sit":
-            v = self.net(x, t, cond, gamma, generators, ids)[:, :channels]
-        elif self.convention == "tread":
-            v = -self.net(x, 1.0 - t, cond, gamma, generators, ids)[:, :channels]
-        elif self.convention == "edm":
-            v = self._edm_velocity(x, t, cond, gamma, generators, ids)
-        else:
-            v = self._dit_velocity(x, t, cond, gamma, generators, ids)
-        return v[:batch]
+            return self.net(x, t, cond, gamma, generators, ids)[:, :channels]
+        if self.convention == "tread":
+            return -self.net(x, 1.0 - t, cond, gamma, generators, ids)[:, :channels]
+        if self.convention == "edm":
+            return self._edm_velocity(x, t, cond, gamma, generators, ids)
+        return self._dit_velocity(x, t, cond, gamma, generators, ids)
 
     def _edm_velocity(self, x, t, cond, gamma, generators, ids) -> torch.Tensor:
         # t = 1 / (1 + sigma) puts EDM's x_edm = x0 + sigma * noise on the flow path as x_t = t * x_edm.
@@ -211,4 +223,3 @@ class FlowModel(nn.Module):
 
 
 CONVENTIONS = ("sit", "tread", "dit", "edm")
-BATCH_MULTIPLE = 8

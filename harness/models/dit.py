@@ -127,7 +127,7 @@ class DiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_size or hidden_size, 6 * hidden_size))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        modulation = self.adaLN_modulation(c)[: x.shape[0]]  # c may carry padding rows (SparseDiT.forward)
+        modulation = self.adaLN_modulation(c)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.chunk(6, dim=1)
         x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
         return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
@@ -141,11 +141,9 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_size or hidden_size, 2 * hidden_size))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c)[: x.shape[0]].chunk(2, dim=1)
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
-
-COND_ROWS = 8  # the per-image conditioning runs on rows padded to a multiple of this (pad_rows)
 
 #################################################################################
 #                              Token selection                                  #
@@ -184,17 +182,6 @@ def dropped_pixels(ids: torch.Tensor, num_tokens: int, patch_size: int) -> torch
     kept = torch.zeros(B, num_tokens, dtype=torch.bool, device=ids.device).scatter(1, ids, True)
     dropped = ~kept.view(B, 1, side, 1, side, 1)
     return dropped.expand(B, 1, side, patch_size, side, patch_size).reshape(B, 1, side * patch_size, side * patch_size)
-def pad_rows(v: torch.Tensor, multiple: int = COND_ROWS) -> torch.Tensor:
-    """`v` with its first row repeated until its row count is a multiple of `multiple`.
-
-    The per-image conditioning (time MLP, adaLN modulations) is a matmul with one row per image, and CPU BLAS
-    rounds such few-row products differently for different row counts; padding them (a negligible cost) makes an
-    image's output independent of its batch's size for batches of two or more images.
-    """
-    pad = -v.shape[0] % multiple
-    return torch.cat([v, v[:1].expand(pad, *v.shape[1:])]) if pad else v
-
-
 def unpatchify(x: torch.Tensor, channels: int, patch_size: int) -> torch.Tensor:
     """(B, N, p*p*C) tokens of a square grid -> (B, C, H, W) image, as DiT's unpatchify."""
     c, p = channels, patch_size
@@ -255,8 +242,6 @@ class DiTConfig:
 
 class SparseDiT(nn.Module):
     """DiT/SiT with optional TREAD routing or MaskDiT masking at any rate gamma, in training and eval mode."""
-
-    pads_conditioning = True  # batch-invariant for batches of 2+ images (pad_rows); FlowModel pads only a single one
 
     def __init__(self, config: DiTConfig):
         super().__init__()
@@ -336,7 +321,7 @@ class SparseDiT(nn.Module):
             raise ValueError("this model was built without token sparsity; gamma must be 0")
         x = self.x_embedder(x) + self.pos_embed  # (B, N, D)
         y_emb = self.y_embedder(y)
-        c = self.t_embedder(pad_rows(t)) + pad_rows(y_emb)  # (B rounded up to COND_ROWS, D); blocks use B rows
+        c = self.t_embedder(t) + y_emb  # (B, D)
         if cfg.class_in_tokens:
             x = x + y_emb.unsqueeze(1)
         B, N, _ = x.shape

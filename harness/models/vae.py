@@ -25,6 +25,7 @@ import torch
 
 from harness.assets import Asset, Need, assets_dir, hub_cached
 from harness.errors import HarnessError
+from harness.models.batching import in_fixed_chunks
 
 LATENT_SCALE = 0.18215  # SD-VAE's scaling_factor: latents the models see = VAE latents * 0.18215
 DECODE_BATCH = 16  # latents decoded per VAE call: bounds the decoder's activation memory at 256 px
@@ -142,14 +143,16 @@ def build_vae(name: str, device: torch.device | str = "cpu", random_init: bool =
 
 
 def make_decoder(vae: torch.nn.Module, batch_size: int = DECODE_BATCH) -> Callable[[torch.Tensor], torch.Tensor]:
-    """latents (B, 4, h, w) as the models see them -> float32 pixels (B, 3, 8h, 8w) in about [-1, 1], in batches."""
+    """latents (B, 4, h, w) as the models see them -> float32 pixels (B, 3, 8h, 8w) in about [-1, 1].
+
+    Decoded in chunks of exactly `batch_size` latents (the last padded), so a latent's pixels do not depend on the
+    generation batch it came in (harness.models.batching)."""
     scale = float(getattr(vae.config, "scaling_factor", LATENT_SCALE))
     dtype = next(vae.parameters()).dtype
 
     @torch.no_grad()
     def decode(latents: torch.Tensor) -> torch.Tensor:
-        parts = [vae.decode((chunk / scale).to(dtype)).sample.float() for chunk in latents.split(batch_size)]
-        return torch.cat(parts)
+        return in_fixed_chunks(lambda chunk: vae.decode((chunk / scale).to(dtype)).sample.float(), latents, batch_size)
 
     return decode
 
