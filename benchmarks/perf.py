@@ -1,6 +1,6 @@
 """`make perf`: sampling speed of unguided, CFG, SG(0.5, 0.9) and masking on this device, next to their FLOPs.
 
-A benchmark, not a test: it times the harness's real sampling loop (harness.cost.measure_throughput) on models with
+A benchmark, not a test: it times the harness's real sampling loop (harness.cost.throughput.measure_throughput) on models with
 random weights at several model sizes and batch sizes, prints seconds per step and SG's measured speedup over CFG
 beside the FLOP ratio, for routing and for masking, and the harness loop beside a bare loop of the same model calls;
 it writes reports/perf/perf.json. Targets (speedup at least 0.9 of the FLOP-predicted one, harness overhead under
@@ -25,11 +25,12 @@ from typing import Any
 
 import torch
 
-from harness.cost import device_name, measure_throughput, run_cost
+from harness.cost import measure_throughput, run_cost
+from harness.device import device_name
 from harness.guidance import GuidanceSpec, Schedule, combine
 from harness.models import ARCHS, ModelSpec, build_model
 from harness.models.adapters import FlowModel
-from harness.precision import PRECISIONS, compile_model
+from harness.numerics import PRECISIONS, compile_model
 from harness.sampling import SamplerSpec, draw_labels, draw_noise, make_generators, synchronize
 
 SPEEDUP_TARGET = 0.9  # measured SG-vs-CFG speedup / FLOP-predicted speedup
@@ -56,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="Euler steps (default 10 on a GPU, 2 on a CPU)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed batches before timing each case")
     parser.add_argument("--repeats", type=int, help="timed batches per case (default 5 on a GPU, 3 on a CPU)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="harness.precision setting")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="harness.numerics setting")
     parser.add_argument("--compile", action="store_true", help="torch.compile the models (the warm-up compiles)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=Path("reports/perf/perf.json"))

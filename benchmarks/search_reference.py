@@ -18,11 +18,10 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from harness.metrics.evaluate import Evaluator, compute_metrics, list_shards, shard_labels
-from harness.runner import run_dir_of
+from harness.rundir import run_dir_of
 from harness.search.loop import SearchOptions, counted_costs, replay
 from harness.search.policy import DEFAULT_BUDGET, Score, default_rungs, front, front_covers
 from harness.suite import load_suite

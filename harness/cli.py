@@ -7,7 +7,6 @@ error (HarnessError) prints its message on stderr and exits with status 2, witho
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import sys
 import time
@@ -19,13 +18,13 @@ from harness.errors import HarnessError, check_inputs
 # Subcommands whose parser and entry point live in another module: (module, add_<x>_parser(subparsers)).
 # Their arguments are parsed by that module's own parser, imported only when the subcommand runs.
 DELEGATED = {
-    "plan": ("harness.plan", "add_plan_parser", "every run's method, gammas, NFE and FLOPs; needs no weights"),
+    "plan": ("harness.suite.plan", "add_plan_parser", "every run's method, gammas, NFE and FLOPs; needs no weights"),
     "report": ("harness.report", "add_report_parser", "results table, Pareto plots, paper tables, report.md"),
     "adm-eval": ("harness.metrics.adm_eval", "add_adm_eval_parser",
                  "ADM's evaluator.py in PyTorch: IS, FID, sFID, precision, recall of two batches"),
     "reference": ("harness.metrics.reference", "add_reference_parser",
                   "write an ADM-format reference batch from images"),
-    "export": ("harness.prompts.export", "add_export_parser",
+    "export": ("harness.export", "add_export_parser",
                "write a prompt run's images in GenEval's or HPSv3's folder layout"),
     "assets": ("harness.assets", "add_assets_parser",
                "real assets (checkpoints, VAEs, reference batches, Inception weights): status; --fetch downloads"),
@@ -123,7 +122,7 @@ def _runs_root(args: argparse.Namespace, suite) -> Path:
 
 def _generate(args: argparse.Namespace, suite, runs, dry=None, cache=None) -> None:
     from harness import distributed
-    from harness.runner import generate_suite
+    from harness.generate import generate_suite
 
     results = generate_suite(suite, runs, _runs_root(args, suite), args.device, fresh=args.fresh,
                              adm_npz=args.adm_npz, dry_run=dry is not None,
@@ -148,59 +147,14 @@ def _stage(module: str, name: str, stage: str):
         raise HarnessError(f"the {stage} stage needs {module}.{name}, which is not available ({err})") from err
 
 
-def evaluate_runs(suite, runs, runs_root: Path, device: str | None, dry=None) -> None:
-    """metrics.json for each run, all against the suite's reference (its features are extracted once).
-
-    Missing assets (reference batch, Inception weights) stop it before any work; a dry run (`dry`, a DrySuite)
-    instead writes and uses its own reference batch and random Inception weights.
-    """
-    from tqdm import tqdm
-
-    from harness import distributed
-    from harness.runner import MANIFEST, run_dir_of
-
-    if not suite.metrics:
-        print(f"{suite.path}: [suite] metrics is empty; nothing to evaluate", file=sys.stderr)
-        return
-    from harness.metrics.t2i import is_prompt_metric
-
-    if any(is_prompt_metric(m) for m in suite.metrics):  # text-to-image: scored from images and prompts
-        from harness.metrics.t2i_stage import evaluate_prompt_runs
-
-        evaluate_prompt_runs(suite, runs, runs_root, device, dry)
-        suite = dataclasses.replace(suite, metrics=tuple(m for m in suite.metrics if not is_prompt_metric(m)))
-        runs = [dataclasses.replace(r, metrics=tuple(m for m in r.metrics if not is_prompt_metric(m))) for r in runs]
-        if not suite.metrics:
-            return
-    if suite.reference is None:
-        raise HarnessError(f"{suite.path}: [suite] field 'reference' is needed to evaluate {list(suite.metrics)}")
-    missing = [r.run_id for r in runs if not (run_dir_of(runs_root, r) / MANIFEST).is_file()]
-    if missing:
-        raise HarnessError(f"run(s) {', '.join(missing)} have no samples under {runs_root / suite.name}; "
-                           "run `harness generate` first")
-    if dry is None:
-        from harness.preflight import require_assets
-
-        require_assets(runs, suite.root, generate=False, evaluate=True)
-    else:
-        dry.prepare_evaluation()
-    evaluator_cls = _stage("harness.metrics.evaluate", "Evaluator", "evaluate")
-    evaluator = evaluator_cls(str(suite.reference), distributed.resolve_device(device),
-                              reference_cache_dir=runs_root / suite.name,
-                              extractor_options=dry.extractor_options if dry is not None else None,
-                              **({"bootstrap": 0} if dry is not None else {}))  # a few random images: no intervals
-    start = time.perf_counter()
-    for run in tqdm(runs, desc="metrics", unit="run", dynamic_ncols=True, leave=False):
-        evaluator.evaluate(run_dir_of(runs_root, run), list(run.metrics))
-    print(f"metrics: {', '.join(suite.metrics)} for {len(runs)} run(s) in {time.perf_counter() - start:.1f} s")
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """`harness evaluate SUITE`: metrics.json for each selected run; `harness evaluate FOLDER`: a sample folder."""
     if Path(args.suite).is_dir():
-        from harness.metrics.t2i_stage import evaluate_sample_folder
+        from harness.evaluate import evaluate_sample_folder
 
         return evaluate_sample_folder(Path(args.suite), args.metrics, args.out, args.device, args.dry_run)
+    from harness.evaluate import evaluate_runs
+
     suite, runs, dry = _load(args)
     evaluate_runs(suite, runs, _runs_root(args, suite), args.device, dry)
     return 0
@@ -222,7 +176,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         require_assets(runs, suite.root, generate=True, evaluate=bool(suite.metrics))
     elif distributed.is_main():
         _dry_plan(suite, runs, reports)
-    from harness.runner import ModelCache, measure_costs
+    from harness.cost import measure_costs
+    from harness.evaluate import evaluate_runs
+    from harness.generate import ModelCache
 
     # one cache for generation and cost measurement: the models and VAE are built once
     cache = ModelCache(distributed.resolve_device(args.device), dry is not None,
@@ -232,7 +188,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     runs_root = _runs_root(args, suite)
     timing = {"warmup": 0, "repeats": 1} if dry is not None else {}
-    measure_costs(runs, runs_root, args.device, root=suite.root, cache=cache, **timing)
+    measure_costs(runs, runs_root, cache, **timing)
     evaluate_runs(suite, runs, runs_root, args.device, dry)
     if dry is not None:
         from harness.report import write_report
@@ -251,7 +207,7 @@ def _dry_plan(suite, runs, reports: Path) -> None:
     """The plan stage of a dry run: the selected runs' plan table, printed and saved as <reports>/<suite>/plan.csv."""
     import dataclasses
 
-    from harness.plan import format_plan, plan_table
+    from harness.suite.plan import format_plan, plan_table
 
     table = plan_table(dataclasses.replace(suite, runs=tuple(runs)))
     out = reports / suite.name / "plan.csv"

@@ -25,13 +25,12 @@ import numpy as np
 import torch
 
 from harness.errors import HarnessError
-from harness.models import ARCHS, ModelSpec, family_of
+from harness.models import ARCHS, REDRAW_STD, ModelSpec, family_of
 from harness.suite import Suite, load_suite, read_suite_data
 
 DRY_SUFFIX = "-dryrun"
 DRY_SAMPLES = 4  # per run: the fewest that precision/recall (k = 3 nearest neighbours) accept
 DRY_STEPS = 2
-REDRAW_STD = 0.02
 SMALL = "small"  # --dry-run-arch default without a GPU: each model as the smallest architecture of its family
 FULL = "full"  # --dry-run-arch default on a GPU: the suite's own architectures
 REFERENCE_FILE = "reference-dryrun.npz"
@@ -138,20 +137,6 @@ def image_size(suite: Suite) -> int:
     return config.input_size * (8 if spec.vae else 1)
 
 
-@torch.no_grad()
-def redraw_zero_init(module: torch.nn.Module, std: float = REDRAW_STD) -> int:
-    """Redraw every all-zero parameter from N(0, std) (adaLN-Zero, final layer, biases); returns how many.
-
-    Uses the global RNG: callers seed it (runner.ModelCache seeds per model key). Dry runs only.
-    """
-    redrawn = 0
-    for param in module.parameters():
-        if param.numel() and not param.any():
-            param.normal_(0.0, std)
-            redrawn += 1
-    return redrawn
-
-
 def hpsv3_standin(folder: Path, root: Path) -> Path | str:
     """HPSv3's prompt files when present, else a made-up prompt per category written to <folder> (dry runs only)."""
     import json
@@ -256,4 +241,4 @@ def load_dry_suite(path: str | Path, root: str | Path | None, runs_root: str | P
 
 
 __all__ = ["DRY_SAMPLES", "DRY_STEPS", "DRY_SUFFIX", "FULL", "SMALL", "DryRun", "DrySuite", "image_size",
-           "load_dry_suite", "redraw_zero_init", "small_arch"]
+           "load_dry_suite", "small_arch"]

@@ -1,4 +1,4 @@
-"""FLOP accounting (harness.cost, harness.plan): the papers' numbers, independent counts, schedules and intervals."""
+"""FLOP accounting (harness.cost, harness.suite.plan): the papers' numbers, independent counts, schedules and intervals."""
 
 from __future__ import annotations
 
@@ -14,15 +14,14 @@ from fvcore.nn import FlopCountAnalysis
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from harness.cost import (
-    achieved_rate, count_forward, matmul_calibration, measure_throughput, run_cost, throughput_stats,
-)
+from harness.cost.flops import count_forward, run_cost
+from harness.cost.throughput import achieved_rate, matmul_calibration, measure_throughput, throughput_stats
 from harness.errors import HarnessError
 from harness.guidance import GuidanceSpec, Schedule
 from harness.models import ModelSpec, build_model
 from harness.models.batching import FORWARD_ROWS
 from harness.models.dit import DiTConfig, SparseDiT, num_sparse
-from harness.plan import TOTAL_ROW, add_plan_parser, format_plan, plan_table
+from harness.suite.plan import TOTAL_ROW, add_plan_parser, format_plan, plan_table
 from harness.sampling import GuidedDenoiser, SamplerSpec, draw_labels, draw_noise, make_generators, sample
 from harness.suite import load_suite
 

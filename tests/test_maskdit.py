@@ -180,7 +180,7 @@ def _expected_macs(config: MaskDiTConfig, keep: int) -> int:
 
 
 def test_flop_count_of_maskdit_xl2_matches_a_hand_count():
-    from harness.cost import count_forward
+    from harness.cost.flops import count_forward
 
     config, _ = ModelSpec("MaskDiT-XL/2", sparsity="masking").config()
     for gamma, keep in ((0.0, 256), (0.1, 231)):

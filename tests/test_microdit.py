@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.cost import count_forward
+from harness.cost.flops import count_forward
 from harness.errors import HarnessError
 from harness.models import ModelSpec, family_of, load_checkpoint
 from harness.models.adapters import FlowModel, PromptConditions, TextCondition

@@ -5,7 +5,7 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from harness.cost import count_forward  # noqa: E402
+from harness.cost.flops import count_forward  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 from harness.models import ModelSpec, build_model, family_of, randomize_weights  # noqa: E402
 from harness.models.adapters import FlowModel, PromptConditions, TextCondition  # noqa: E402

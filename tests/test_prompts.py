@@ -19,7 +19,7 @@ from harness.errors import HarnessError
 from harness.prompts import load_prompts, read_prompt_file
 from harness.prompts import geneval as geneval_module
 from harness.prompts.hpsv3 import CATEGORIES, category_file, hpsv3_prompts
-from harness.runner import generate_suite
+from harness.generate import generate_suite
 from harness.suite import load_suite
 
 PROMPTS = ["a red cube", "two blue balls", "a green ring above a cat", "a dog", "a yellow star"]
@@ -261,7 +261,7 @@ def test_export_of_a_class_run_is_refused(tmp_path):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "manifest.json").write_text(json.dumps({"config": {"suite": {"labels": "uniform"}}}))
     with pytest.raises(HarnessError, match="class-conditional run"):
-        from harness.prompts.export import export_run
+        from harness.export import export_run
 
         export_run(tmp_path / "r", "geneval", tmp_path / "out")
 

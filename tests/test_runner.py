@@ -20,10 +20,9 @@ import torch
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.models import ARCHS
-from harness.runner import (
-    ADM_NPZ, MANIFEST, balanced_labels, generate_suite, plan_shards, rank_shards, read_samples, shard_is_valid,
-    shard_path,
-)
+from harness.generate import generate_suite
+from harness.generate.runner import balanced_labels, plan_shards, rank_shards
+from harness.rundir import ADM_NPZ, RUN_MANIFEST, read_samples, shard_is_valid, shard_path
 from harness.suite import load_suite
 
 RUN = "cfgsg"
@@ -140,7 +139,7 @@ def test_reference_run_layout_and_manifest(reference):
     assert first["arr_0"].dtype == np.uint8 and first["arr_0"].shape == (4, 32, 32, 3)
     assert first["labels"].dtype == np.int64 and list(first["indices"]) == [8, 9, 10, 11]
     assert not list(run_dir(reference).glob(".*.tmp"))
-    manifest = json.loads((run_dir(reference) / MANIFEST).read_text())
+    manifest = json.loads((run_dir(reference) / RUN_MANIFEST).read_text())
     suite = load_suite(run_dir(reference).parents[2] / "suite.toml", root=run_dir(reference).parents[2])
     assert manifest["run"] == RUN and manifest["suite"] == "rt" and manifest["complete"] is True
     assert manifest["config"] == suite.runs[0].config and manifest["config_hash"] == suite.runs[0].config_hash
@@ -199,7 +198,7 @@ def test_torchrun_two_processes_same_shards_as_one(reference, weights, tmp_path)
     for name in want:
         for key in ("arr_0", "labels", "indices"):
             assert np.array_equal(got[name][key], want[name][key]), (name, key)
-    manifest = json.loads((run_dir(out) / MANIFEST).read_text())
+    manifest = json.loads((run_dir(out) / RUN_MANIFEST).read_text())
     assert manifest["world_size"] == 2 and manifest["complete"] is True
 
 
@@ -239,7 +238,7 @@ def test_changed_config_stops_with_message_then_fresh_starts_over(reference, tmp
     assert shards(out).keys() == shards(reference).keys()  # nothing touched
     old_images = images_by_index(out)[1]
     assert main(["generate", str(path), "--out", str(out), "--root", str(tmp_path), "--fresh", "--samples", "4"]) == 0
-    manifest = json.loads((run_dir(out) / MANIFEST).read_text())
+    manifest = json.loads((run_dir(out) / RUN_MANIFEST).read_text())
     assert manifest["config"]["sampler"]["steps"] == 3 and not (run_dir(out) / ADM_NPZ).exists()
     indices, images, _ = images_by_index(out)
     assert list(shards(out)) == ["samples-000000.npz"] and np.array_equal(indices, np.arange(4))
@@ -302,8 +301,11 @@ def test_balanced_labels(weights, tmp_path):
 
 
 def test_cost_json_takes_throughput_from_the_generation_and_times_only_resumed_runs(weights, tmp_path, monkeypatch):
-    import harness.cost
-    from harness.runner import COST, TIMING, measure_costs
+    import harness.cost.throughput
+    from harness.cost import measure_costs
+    from harness.generate import ModelCache
+    from harness.rundir import COST_FILE as COST
+    from harness.rundir import TIMING_FILE as TIMING
 
     suite = load_suite(write_suite(tmp_path, weights, samples=14, batch_size=4), root=tmp_path)
     out = tmp_path / "runs"
@@ -311,8 +313,8 @@ def test_cost_json_takes_throughput_from_the_generation_and_times_only_resumed_r
     timing = json.loads((run_dir(out) / TIMING).read_text())
     assert [(b["images"], b["warmup"]) for b in timing["batches"]] == [(4, True), (4, False), (4, False), (2, False)]
     passes = []
-    monkeypatch.setattr(harness.cost, "measure_throughput", lambda *a, **k: passes.append(a) or {})
-    measure_costs(suite.runs, out, "cpu", progress=False)
+    monkeypatch.setattr(harness.cost.throughput, "measure_throughput", lambda *a, **k: passes.append(a) or {})
+    measure_costs(suite.runs, out, ModelCache(torch.device("cpu")), progress=False)
     cost = json.loads((run_dir(out) / COST).read_text())
     assert not passes and cost["throughput_source"] == "generation" and cost["timed_batches"] == 2  # full batches
     rates = sorted(4 / b["denoise"] for b in timing["batches"][1:3])
@@ -327,7 +329,7 @@ def test_cost_json_takes_throughput_from_the_generation_and_times_only_resumed_r
     monkeypatch.undo()
     generate_suite(suite, runs_root=out, device="cpu")
     assert not (run_dir(out) / TIMING).exists()
-    measure_costs(suite.runs, out, "cpu", warmup=0, repeats=1, progress=False)
+    measure_costs(suite.runs, out, ModelCache(torch.device("cpu")), warmup=0, repeats=1, progress=False)
     cost = json.loads((run_dir(out) / COST).read_text())
     assert cost["throughput_source"] == "timing pass" and cost["timed_batches"] == 1 and cost["img_per_s"] > 0
 
@@ -351,7 +353,7 @@ def test_precision_is_recorded_and_hashed_and_bf16_samples_differ_slightly(weigh
     for run, out in ((fp32, tmp_path / "fp32"), (bf16, tmp_path / "bf16")):
         generate_suite(load_suite(tmp_path / ("bf16.toml" if run is bf16 else "suite.toml"), root=tmp_path),
                        runs_root=out, device="cpu")
-    assert json.loads((run_dir(tmp_path / "bf16") / MANIFEST).read_text())["config"]["run"]["precision"] == "bf16"
+    assert json.loads((run_dir(tmp_path / "bf16") / RUN_MANIFEST).read_text())["config"]["run"]["precision"] == "bf16"
     a, b = images_by_index(tmp_path / "fp32")[1], images_by_index(tmp_path / "bf16")[1]
     diff = np.abs(a.astype(int) - b.astype(int))
     assert 0 < diff.mean() < 8  # bf16 autocast ran (not bit-identical) on the same samples (close)
@@ -361,28 +363,28 @@ def test_precision_is_recorded_and_hashed_and_bf16_samples_differ_slightly(weigh
 
 
 def test_compile_is_applied_and_its_time_reported_apart(weights, tmp_path, monkeypatch):
-    import harness.precision
-    from harness.runner import COST, measure_costs
+    import harness.numerics
+    from harness.cost import measure_costs
+    from harness.generate import ModelCache
+    from harness.rundir import COST_FILE as COST
 
-    monkeypatch.setattr(harness.precision, "COMPILE_BACKEND", "eager")  # inductor's C++ build takes minutes here
+    monkeypatch.setattr(harness.numerics, "COMPILE_BACKEND", "eager")  # inductor's C++ build takes minutes here
     text = suite_text(weights, samples=12).replace('seed = 7\n', 'seed = 7\ncompile = true\n')
     (tmp_path / "suite.toml").write_text(text)
     suite = load_suite(tmp_path / "suite.toml", root=tmp_path)
     assert suite.runs[0].compile and suite.runs[0].config["run"]["compile"] is True
-    from harness.runner import ModelCache
-
     cache = ModelCache(torch.device("cpu"))
     generate_suite(suite, runs_root=tmp_path / "runs", device="cpu", cache=cache)
     assert all(type(m.net).__name__ == "OptimizedModule" for m in cache.models.values())
-    measure_costs(suite.runs, tmp_path / "runs", "cpu", progress=False)
+    measure_costs(suite.runs, tmp_path / "runs", ModelCache(torch.device("cpu")), progress=False)
     cost = json.loads((run_dir(tmp_path / "runs") / COST).read_text())
     assert cost["compile"] is True and cost["compile_seconds"] >= 0 and cost["timed_batches"] == 2
 
 
 def test_a_single_process_interleaves_runs_batch_by_batch_with_the_same_images(weights, tmp_path, monkeypatch):
-    import harness.runner
+    import harness.generate.runner
 
-    text = suite_text(weights, samples=8, batch_size=4) + f"""
+    text = suite_text(weights, samples=8, batch_size=4) + """
 [[runs]]
 name = "plain"
 method = "cfg"
@@ -391,8 +393,8 @@ omega = 1.5
     (tmp_path / "two.toml").write_text(text)
     suite = load_suite(tmp_path / "two.toml", root=tmp_path)
     order = []
-    original = harness.runner.write_shard
-    monkeypatch.setattr(harness.runner, "write_shard",
+    original = harness.generate.runner.write_shard
+    monkeypatch.setattr(harness.generate.runner, "write_shard",
                         lambda path, *a: order.append(path.parent.name) or original(path, *a))
     results = generate_suite(suite, runs_root=tmp_path / "mixed", device="cpu")
     assert order == [RUN, "plain", RUN, "plain"]  # round robin: both runs' batches sample the whole generation

@@ -212,7 +212,8 @@ def test_search_keeps_images_resumes_and_repeats(tiny_suite, tmp_path, monkeypat
     assert (tmp_path / "runs-reports" / "tiny_search" / "figures" / "search-fd_testbed-gflops.png").is_file()
 
     # the promoted point's images are exactly the first images of the full run
-    from harness.runner import generate_suite, read_samples
+    from harness.generate import generate_suite
+    from harness.rundir import read_samples
 
     suite = load_suite(tiny_suite)
     run = next(r for r in suite.runs if r.run_id == promoted[0])

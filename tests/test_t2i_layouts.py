@@ -167,7 +167,7 @@ def test_paper_tables_before_any_run(tmp_path, suite, monkeypatch):
 
 def test_a_scored_run_is_not_scored_again_until_its_shards_change(tmp_path):
     from harness.metrics.t2i import evaluate_prompt_run
-    from harness.runner import write_shard
+    from harness.rundir import write_shard
 
     labels = np.repeat(np.array(CHOSEN), 2)
     write_shard(tmp_path / "samples-000000.npz", coded_images(labels), labels, np.arange(len(labels)))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from harness.cli import main
-from harness.cost import run_cost
+from harness.cost.flops import run_cost
 from harness.suite import load_suite
 
 pytest.importorskip("diffusers")
@@ -75,7 +75,7 @@ def test_pixart_suite_dry_runs_end_to_end(tmp_path):
 
 def test_text_encoder_and_vae_flops_are_counted_apart():
     """Per prompt: linear layers plus attention matmuls, L tokens (open-clip text tower; T5 v1.1 XXL)."""
-    from harness.t2i_cost import outside_denoiser, text_encoder_gmacs
+    from harness.cost.t2i_flops import outside_denoiser, text_encoder_gmacs
 
     clip = 77 * 24 * (12 * 1024**2) + 77**2 * 1024 * 2 * 24  # 4 d^2 attention + 8 d^2 MLP; QK^T and AV
     t5 = 300 * 24 * (4 * 4096**2 + 3 * 4096 * 10240) + 300**2 * 4096 * 2 * 24  # gated-GELU FFN: 3 matrices

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness import registry
 from harness.errors import HarnessError
 from harness.prompts.layouts import (
     READERS, Sample, detect_layout, geneval_name, hpsv3_name, per_prompt_positions, write_hpsv3,
@@ -169,17 +170,11 @@ def score_clip(samples: Sequence[Sample], prompts: PromptSet, out_dir: Path, dev
 
 
 # Metrics computed from images and their prompts (no reference batch), by name.
-SCORERS: dict[str, Callable[..., dict[str, Any]]] = {"geneval": score_geneval, "hpsv3": score_hpsv3,
+SCORERS: dict[str, Callable[..., dict[str, Any]] | str] = {"geneval": score_geneval, "hpsv3": score_hpsv3,
                                                       "clip_score": score_clip}
 
 
-def _score_geneval_testbed(*args, **kwargs) -> dict[str, Any]:
-    from harness.testbed.geneval_testbed import score_geneval_testbed  # the text testbed's world detector
-
-    return score_geneval_testbed(*args, **kwargs)
-
-
-SCORERS["geneval_testbed"] = _score_geneval_testbed
+SCORERS["geneval_testbed"] = "harness.testbed.geneval_testbed:score_geneval_testbed"  # a plug-in: the text testbed
 
 
 #################################################################################
@@ -212,7 +207,7 @@ def score(names: Sequence[str], samples: Sequence[Sample], prompts: PromptSet, o
         if name == "hpsv3":
             results.update(score_hpsv3(samples, prompts, out_dir, device, opts, folder=hpsv3_folder))
         else:
-            results.update(SCORERS[name](samples, prompts, out_dir, device, opts))
+            results.update(registry.lookup(SCORERS, name, "prompt metric")(samples, prompts, out_dir, device, opts))
     _merge_metrics(out_dir / METRICS_FILE, results)
     return results
 

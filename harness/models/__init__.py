@@ -140,6 +140,23 @@ def randomize_weights(model: torch.nn.Module, std: float = 0.05, seed: int = 0) 
     return model
 
 
+REDRAW_STD = 0.02  # dry runs: the std of redrawn zero-initialised layers
+
+
+@torch.no_grad()
+def redraw_zero_init(module: torch.nn.Module, std: float = REDRAW_STD) -> int:
+    """Redraw every all-zero parameter from N(0, std) (adaLN-Zero, final layer, biases); returns how many.
+
+    Uses the global RNG: callers seed it (harness.generate.ModelCache seeds per model key). Dry runs only.
+    """
+    redrawn = 0
+    for param in module.parameters():
+        if param.numel() and not param.any():
+            param.normal_(0.0, std)
+            redrawn += 1
+    return redrawn
+
+
 __all__ = ["ARCHS", "CONVENTIONS", "DEFAULT_DROPPED", "DROPPED", "FAMILIES", "DiTConfig", "Family", "FlowModel",
            "MaskDiT", "MaskDiTConfig", "ModelSpec", "SparseDiT", "TextDiT", "TextDiTConfig", "build_model",
-           "family_of", "load_checkpoint", "randomize_weights"]
+           "REDRAW_STD", "family_of", "load_checkpoint", "randomize_weights", "redraw_zero_init"]

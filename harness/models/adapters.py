@@ -131,6 +131,10 @@ class FlowModel(nn.Module):
     def config(self):
         return self.net.config
 
+    def conditioned(self, conditions) -> "FlowModel":
+        """A view of this model (the same network) that resolves conditions with `conditions` (a prompt set's)."""
+        return FlowModel(self.net, self.convention, conditions, self.dropped, self.rows)
+
     @property
     def num_classes(self) -> int:
         return self.net.config.num_classes

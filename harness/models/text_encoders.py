@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
+from harness import registry
 from harness.errors import HarnessError
 
 
@@ -82,26 +83,19 @@ def _random_factory(options: dict[str, Any], device: torch.device, root: Path | 
     return RandomTextEncoder(**options, device=device)
 
 
-# Text encoders by the name a suite's `text_encoder` gives.
-TEXT_ENCODERS: dict[str, TextEncoderFactory] = {"random": _random_factory}
+# Text encoders by the name a suite's `text_encoder` gives (a factory, or its "module:attribute", harness.registry).
+TEXT_ENCODERS: dict[str, TextEncoderFactory | str] = {"random": _random_factory}
 
 
-def _testbed_words(options: dict[str, Any], device: torch.device, root: Path | None) -> TextEncoder:
-    from harness.testbed.words import load_word_encoder  # the text testbed's own word encoder
-
-    return load_word_encoder(options, device, root)
-
-
-TEXT_ENCODERS["testbed_words"] = _testbed_words
+TEXT_ENCODERS["testbed_words"] = "harness.testbed.words:load_word_encoder"  # the text testbed's own (a plug-in)
 
 
 def build_text_encoder(name: str, options: dict[str, Any] | None = None, device: torch.device | str = "cpu",
                        root: Path | None = None) -> TextEncoder:
     """The encoder registered as `name`, built with `options`; HarnessError for an unknown name or bad options."""
-    if name not in TEXT_ENCODERS:
-        raise HarnessError(f"unknown text encoder {name!r}; known: {', '.join(sorted(TEXT_ENCODERS))}")
+    factory = registry.lookup(TEXT_ENCODERS, name, "text encoder")
     try:
-        return TEXT_ENCODERS[name](dict(options or {}), torch.device(device), root)
+        return factory(dict(options or {}), torch.device(device), root)
     except (TypeError, ValueError) as err:
         raise HarnessError(f"text encoder {name!r}: bad options {options!r} ({err})") from err
 

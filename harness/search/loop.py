@@ -1,6 +1,6 @@
 """`harness search`'s loop: generate every point's first images, evaluate, keep what can still be on the front, repeat.
 
-A point at a rung of n images is the suite's run generated only up to its first n images (harness.runner's
+A point at a rung of n images is the suite's run generated only up to its first n images (harness.generate's
 `upto`: the same run directory, the same shards, seeds suite.seed + i), so a point that goes on keeps its images
 and generates only the next ones; its metrics are recomputed on all of them. Rank 0 evaluates and decides
 (harness.search.policy) and writes runs/<suite>/search.json after every rung; every rank reads the promotions
@@ -21,7 +21,9 @@ from harness import distributed
 from harness.errors import HarnessError
 from harness.report.results import COST_HIGHER_IS_BETTER, metric_higher_is_better
 from harness.report.search_front import SEARCH_FILE
-from harness.runner import COST, ModelCache, generate_suite, run_dir_of, write_json
+from harness.files import write_json
+from harness.generate import ModelCache, generate_suite
+from harness.rundir import COST_FILE, run_dir_of
 from harness.search.policy import Budget, Score, choose_promotions, dominators, front, parse_budget
 from harness.suite import Run, Suite, config_hash
 
@@ -77,7 +79,7 @@ def full_grid_samples(runs: Sequence[Run]) -> int:
 
 
 def counted_costs(runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
-    """Every point's counted FLOPs and NFE (harness.cost.run_cost; no weights, no timing)."""
+    """Every point's counted FLOPs and NFE (harness.cost.flops.run_cost; no weights, no timing)."""
     from harness.cost import run_cost
 
     return {run.run_id: {**run_cost(run.models, run.guidance, run.sampler), "config_hash": run.config_hash}
@@ -88,13 +90,13 @@ def point_costs(runs: Sequence[Run], options: SearchOptions, budget: Budget,
                 cache: ModelCache | None) -> dict[str, dict[str, Any]]:
     """cost.json of every point (rank 0): counted FLOPs always; measured throughput when the cost axis or a
     GPU-hour budget needs it. A cost.json already there for the same config is kept."""
-    from harness.runner import measure_costs
+    from harness.cost import measure_costs
 
     if options.cost == "img_per_s" or budget.unit == "gpu_hours":
         measure_costs(runs, options.runs_root, options.device, dry_run=options.dry_run, cache=cache)
     out = {}
     for run in runs:
-        path = run_dir_of(options.runs_root, run) / COST
+        path = run_dir_of(options.runs_root, run) / COST_FILE
         old = json.loads(path.read_text()) if path.is_file() else {}
         if old.get("config_hash") != run.config_hash:
             # counted FLOPs only, and no device: `harness bench` still measures throughput for this run later

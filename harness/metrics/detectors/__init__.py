@@ -5,10 +5,9 @@ Backends with heavy dependencies are imported on first use ("module:factory").
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-from harness.errors import HarnessError
+from harness import registry
 from harness.metrics.detectors.base import Detections, Detector, check_image
 
 __all__ = ["DETECTORS", "Detections", "Detector", "build_detector", "check_image"]
@@ -22,7 +21,4 @@ DETECTORS["testbed"] = "harness.testbed.detector:WorldDetector"  # the text-to-i
 
 def build_detector(name: str, **options: Any) -> Detector:
     """Build a registered detector backend with its options (checkpoint path, device, ...)."""
-    if name not in DETECTORS:
-        raise HarnessError(f"unknown GenEval detector {name!r}; known: {', '.join(sorted(DETECTORS))}")
-    module, _, factory = DETECTORS[name].partition(":")
-    return getattr(importlib.import_module(module), factory)(**options)
+    return registry.lookup(DETECTORS, name, "GenEval detector")(**options)

@@ -14,11 +14,11 @@ from harness.prompts.layouts import LAYOUTS, WRITERS
 def export_run(run_dir: Path, layout: str, out: Path, root: Path | None = None) -> list[Path]:
     """Write one generated prompt run's images in `layout` under `out`; returns the image paths."""
     from harness.prompts import load_prompts
-    from harness.runner import MANIFEST, read_samples
+    from harness.rundir import RUN_MANIFEST, read_samples
 
-    manifest_path = Path(run_dir) / MANIFEST
+    manifest_path = Path(run_dir) / RUN_MANIFEST
     if not manifest_path.is_file():
-        raise HarnessError(f"{run_dir}: no {MANIFEST}; not a generated run (run `harness generate` first)")
+        raise HarnessError(f"{run_dir}: no {RUN_MANIFEST}; not a generated run (run `harness generate` first)")
     suite = json.loads(manifest_path.read_text())["config"]["suite"]
     if not suite.get("prompts"):
         raise HarnessError(f"{run_dir}: a class-conditional run; only prompt runs export to {layout}'s layout")
@@ -34,7 +34,7 @@ def export(target: Path, layout: str, out: Path, root: Path | None = None, only:
     target = Path(target)
     if target.is_dir():
         return [Path(out)] if export_run(target, layout, Path(out), root) else []
-    from harness.runner import run_dir_of
+    from harness.rundir import run_dir_of
     from harness.suite import load_suite
 
     suite = load_suite(target, root=root)

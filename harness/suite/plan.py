@@ -1,6 +1,6 @@
 """`harness plan SUITE`: every run's method, gammas, NFE and FLOPs, and the suite's total, before anything runs.
 
-Needs no weights and no GPU: the FLOPs are counted on fake tensors (harness.cost.run_cost).
+Needs no weights and no GPU: the FLOPs are counted on fake tensors (harness.cost.flops.run_cost).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.cost import run_cost
+from harness.cost.flops import run_cost
 from harness.guidance import Schedule
 from harness.suite import Suite, load_suite
 
@@ -79,7 +79,7 @@ def main_plan(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     print(format_plan(plan_table(suite), args.format))
     if args.format == "table":  # text-to-image: what the text encoder and the VAE cost, outside the per-step FLOPs
-        from harness.t2i_cost import outside_denoiser
+        from harness.cost.t2i_flops import outside_denoiser
 
         for line in outside_denoiser(suite):
             print(line)

@@ -1,325 +1,36 @@
-"""Suite files: DESIGN's TOML schema validated with pydantic, and its expansion into fully resolved runs.
+"""Loading a suite file: TOML -> schema (harness.suite.schema) -> grid expansion into resolved runs.
 
-A suite has [suite], [sampler], [models.<key>] and [[runs]] tables. In a run, a list-valued field (omega,
-gamma_strong, gamma_weak, interval, cfg_channels, weak_model) is a grid axis: the runs are the product of the axes,
-and each gets the id `<name>-<axis><value>...` (e.g. `sg-gs0.3-gw0.7-omega1.5`). A run may change [sampler] fields
-for itself alone with `sampler = {kind = ..., steps = ...}`. Every mistake in a suite is reported as one HarnessError
+A run's id is `<name>-<axis><value>...` (e.g. `sg-gs0.3-gw0.7-omega1.5`). A run may change [sampler] fields for
+itself alone with `sampler = {kind = ..., steps = ...}`. Every mistake in a suite is reported as one HarnessError
 naming the file, the table or run, and the field, before anything runs.
 """
 
 from __future__ import annotations
 
-import difflib
 import copy
-import hashlib
 import itertools
-import json
-import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
 from harness.errors import HarnessError
 from harness.guidance import METHODS, SPARSE_METHODS, GuidanceSpec, Schedule
 from harness.models import ARCHS, ModelSpec
-from harness.models.adapters import CONVENTIONS, DEFAULT_DROPPED, DROPPED
-from harness.precision import DEFAULT_PRECISION, PRECISIONS
-from harness.sampling import SAMPLERS, SamplerSpec
+from harness.models.adapters import DEFAULT_DROPPED
+from harness.sampling import SamplerSpec
+from harness.suite.runs import Run, Suite, config_hash
+from harness.suite.schema import GammaTable, ModelTable, RunTable, SuiteFile
 
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"  # suite and run names become directory names
 # Grid axes in the order their values appear in a run id, with the id's abbreviation of each.
 GRID_AXES = {"gamma_strong": "gs", "gamma_weak": "gw", "omega": "omega", "interval": "int", "cfg_channels": "ch",
              "weak_model": "weak", "seed": "seed"}
-# Config entries that do not change a single sample: they are kept in the config but not in its hash.
-NOT_HASHED = (("suite", "metrics"), ("suite", "reference"), ("run", "paper"))
-# Entries hashed only when they differ from their default, so runs made before the option existed keep their hash.
-HASHED_UNLESS_DEFAULT = {("run", "precision"): DEFAULT_PRECISION, ("run", "compile"): False}
-# Methods whose weak branch runs on the weak model, and those with a weak branch at all.
+# Methods whose weak branch runs on the weak model.
 _AG_METHODS = tuple(m for m, weak in METHODS.items() if weak is not None and weak[0] == "weak")
 _SAME_SPACE = ("input_size", "in_channels", "num_classes", "patch_size")  # AG's two models must agree on these
 _EDM_SAMPLER_FIELDS = ("sigma_min", "sigma_max", "rho")
-
-
-#################################################################################
-#                      Schema: one pydantic model per table                     #
-#################################################################################
-
-
-class _Table(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class SuiteTable(_Table):
-    """[suite]: what every run shares."""
-
-    name: str = Field(pattern=_NAME)
-    samples: int | None = Field(None, ge=1)  # required, except in a prompt suite: default all its prompts
-    batch_size: int = Field(ge=1)
-    seed: int = Field(0, ge=0)
-    labels: Literal["uniform", "balanced"] = "uniform"
-    metrics: list[str] = []
-    reference: str | None = None
-    prompts: str | None = None  # text-to-image: "geneval", "hpsv3" or a .txt / .jsonl file (harness.prompts)
-    images_per_prompt: int | None = Field(None, ge=1)  # default: the prompt set's (GenEval 4, others 1)
-    precision: Literal[PRECISIONS] = DEFAULT_PRECISION  # harness.precision; a run may override it
-    compile: bool = False  # torch.compile the models (long runs; compile time is reported apart from throughput)
-
-
-class SamplerTable(_Table):
-    """[sampler]: the SamplerSpec of every run."""
-
-    kind: Literal[SAMPLERS] = "euler"
-    steps: int = Field(40, ge=1)
-    shift: float = Field(1.0, gt=0)
-    last_step: float = Field(0.04, gt=0, lt=1)
-    diffusion_norm: float = Field(1.0, ge=0)
-    sigma_min: float = Field(0.002, gt=0)  # edm_heun's Karras schedule
-    sigma_max: float = Field(80.0, gt=0)
-    rho: float = Field(7.0, gt=0)
-
-
-class RunSamplerTable(_Table):
-    """A run's `sampler = {...}`: the [sampler] fields it changes for that run alone (e.g. an ODE beside an SDE)."""
-
-    kind: Literal[SAMPLERS] | None = None
-    steps: int | None = Field(None, ge=1)
-    shift: float | None = Field(None, gt=0)
-    last_step: float | None = Field(None, gt=0, lt=1)
-    diffusion_norm: float | None = Field(None, ge=0)
-    sigma_min: float | None = Field(None, gt=0)
-    sigma_max: float | None = Field(None, gt=0)
-    rho: float | None = Field(None, gt=0)
-
-
-_Pos = Annotated[int, Field(ge=1)]
-
-
-class ModelTable(_Table):
-    """[models.<key>]: an architecture preset, its checkpoint and sparsity, and optional DiTConfig overrides."""
-
-    arch: str
-    checkpoint: str | None = None
-    sparsity: Literal["none", "routing", "masking"] = "none"
-    route: Annotated[list[int], Field(min_length=2, max_length=2)] | None = None
-    vae: str | None = None
-    cfg_channels: Literal["all", 3] | None = None  # default for the runs on this model (DiT/SiT's quirk is 3)
-    dropped: Literal[DROPPED] | None = None  # masking: what a masked weak branch keeps where it dropped tokens
-    convention: Literal[CONVENTIONS] | None = None
-    input_size: _Pos | None = None
-    patch_size: _Pos | None = None
-    in_channels: _Pos | None = None
-    hidden_size: _Pos | None = None
-    depth: _Pos | None = None
-    num_heads: _Pos | None = None
-    mlp_ratio: float | None = Field(None, gt=0)
-    num_classes: _Pos | None = None
-    learn_sigma: bool | None = None
-    class_in_tokens: bool | None = None
-    decoder_hidden_size: _Pos | None = None
-    decoder_depth: _Pos | None = None
-    decoder_num_heads: _Pos | None = None
-    text_encoder: str | None = None  # a harness.models.text_encoders name (text-conditioned models)
-    text_encoder_options: dict[str, Any] | None = None
-    # Any other config field of the model's family, by the upstream constructor's name (MicroDiT's expert_capacity,
-    # PixArt's num_layers, ...); an unknown name is an error of this table.
-    options: dict[str, Any] | None = None
-    use_decoder: bool | None = None  # MaskDiT's constructor arguments (maskdit family)
-    mae_loss_coef: float | None = Field(None, ge=0)
-    sigma_data: float | None = Field(None, gt=0)  # edm convention (MaskDiT's EDMPrecond)
-
-    @field_validator("arch")
-    @classmethod
-    def _known_arch(cls, arch: str) -> str:
-        if arch not in ARCHS:
-            close = difflib.get_close_matches(arch, list(ARCHS), n=3)
-            hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(ARCHS)}"
-            raise ValueError(f"unknown architecture {arch!r}; {hint}")
-        return arch
-
-    def overrides(self) -> dict[str, Any]:
-        """The DiTConfig fields (and convention) this table sets over its architecture's preset."""
-        skip = {"arch", "checkpoint", "sparsity", "route", "vae", "cfg_channels", "dropped", "text_encoder",
-                "text_encoder_options", "options"}
-        named = {k: v for k, v in self.model_dump().items() if k not in skip and v is not None}
-        return {**(self.options or {}), **named}
-
-
-class GammaTable(_Table):
-    """A gamma: a constant in [0, 1), or {schedule = "cosine" | "linear", start, end} over sampling progress."""
-
-    schedule: Literal["constant", "cosine", "linear"] = "constant"
-    start: float = Field(ge=0, lt=1)
-    end: float | None = Field(None, ge=0, lt=1)
-
-    def to_schedule(self) -> Schedule:
-        return Schedule(self.schedule, self.start, self.start if self.end is None else self.end)
-
-
-def _gamma_input(value: Any) -> Any:
-    """A bare number means a constant gamma; tables pass through; anything else is a type error."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return {"start": value}
-    if isinstance(value, dict):
-        return value
-    raise ValueError(f"must be a number in [0, 1) or a table {{schedule, start, end}}, got {value!r}")
-
-
-def _axis(value: Any, nested: bool = False) -> list:
-    """A grid field as a list of values: a scalar is an axis of one (for `interval`, a pair is one value)."""
-    if isinstance(value, list) and (not nested or (value and isinstance(value[0], list))):
-        return value
-    return [value]
-
-
-_Interval = Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=2, max_length=2)]
-
-
-def _grid_field() -> Any:
-    """An optional grid axis: absent, or at least one value."""
-    return Field(None, min_length=1)
-
-
-class RunTable(_Table):
-    """One [[runs]] entry; list-valued grid fields expand into several runs."""
-
-    name: str = Field(pattern=_NAME)
-    method: Literal[tuple(METHODS)]
-    model: str = "main"
-    weak_model: list[str] | None = _grid_field()
-    omega: list[Annotated[float, Field(gt=0)]] | None = _grid_field()
-    gamma_strong: list[GammaTable] | None = _grid_field()
-    gamma_weak: list[GammaTable] | None = _grid_field()
-    interval: list[_Interval] | None = _grid_field()
-    cfg_channels: list[Literal["all", 3]] | None = _grid_field()
-    seed: list[Annotated[int, Field(ge=0)]] | None = _grid_field()  # overrides [suite] seed; a list measures spread
-    paper: list[Annotated[str, Field(pattern=r"^[^:]+:[^:]+$")]] | None = None
-    samples: int | None = Field(None, ge=1)
-    sampler: RunSamplerTable | None = None
-    precision: Literal[PRECISIONS] | None = None
-    compile: bool | None = None
-
-    @field_validator("gamma_strong", "gamma_weak", mode="before")
-    @classmethod
-    def _gammas(cls, value: Any) -> Any:
-        return [_gamma_input(v) for v in _axis(value)]
-
-    @field_validator("weak_model", "omega", "cfg_channels", "seed", "paper", mode="before")
-    @classmethod
-    def _listed(cls, value: Any) -> Any:
-        return _axis(value)
-
-    @field_validator("interval", mode="before")
-    @classmethod
-    def _intervals(cls, value: Any) -> Any:
-        return _axis(value, nested=True)
-
-    @field_validator("interval")
-    @classmethod
-    def _ordered(cls, value: list[list[float]] | None) -> list[list[float]] | None:
-        for lo, hi in value or []:
-            if not lo < hi:
-                raise ValueError(f"must be [t_lo, t_hi] with t_lo < t_hi, got {[lo, hi]}")
-        return value
-
-
-class SuiteFile(_Table):
-    """The whole TOML document."""
-
-    suite: SuiteTable
-    sampler: SamplerTable = SamplerTable()
-    models: dict[Annotated[str, Field(pattern=_NAME)], ModelTable] = Field(min_length=1)
-    runs: list[RunTable] = Field(min_length=1)
-
-
-#################################################################################
-#                            Resolved suites and runs                           #
-#################################################################################
-
-
-@dataclass(frozen=True, eq=False)
-class Run:
-    """One run of a suite with everything resolved: what the runner, cost and report stages consume.
-
-    `models` maps a role ("main", and "weak" for ag / ag+sg) to its ModelSpec (checkpoint paths absolute);
-    `model_keys` maps the same roles to the suite's [models.<key>] names. `config` is the JSON-able resolved
-    configuration written to the manifest; `config_hash` is the sha256 of its canonical JSON without the entries
-    that do not change a sample (metrics, reference, paper).
-    """
-
-    suite: str
-    run_id: str
-    name: str
-    method: str
-    models: dict[str, ModelSpec]
-    model_keys: dict[str, str]
-    guidance: GuidanceSpec
-    sampler: SamplerSpec
-    samples: int
-    batch_size: int
-    seed: int
-    labels: str
-    metrics: tuple[str, ...]
-    reference: Path | str | None  # a batch path, or a built-in such as "testbed:10000"
-    paper: tuple[str, ...]
-    config: dict[str, Any]
-    config_hash: str
-    prompts: str | None = None  # a built-in prompt set name or an absolute file path (text-to-image)
-    images_per_prompt: int = 1
-    precision: str = DEFAULT_PRECISION  # harness.precision.PRECISIONS
-    compile: bool = False
-
-
-@dataclass(frozen=True, eq=False)
-class Suite:
-    """A validated suite file: its shared settings and its runs in file order (grid points in axis order)."""
-
-    path: Path
-    root: Path
-    name: str
-    samples: int
-    batch_size: int
-    seed: int
-    labels: str
-    metrics: tuple[str, ...]
-    reference: Path | str | None
-    sampler: SamplerSpec
-    models: dict[str, ModelSpec]
-    runs: tuple[Run, ...]
-    prompts: str | None = None
-    images_per_prompt: int = 1
-
-    def select(self, pattern: str | None) -> list[Run]:
-        """The runs whose id matches the regular expression `pattern` (re.search); all runs for None."""
-        if pattern is None:
-            return list(self.runs)
-        try:
-            regex = re.compile(pattern)
-        except re.error as err:
-            raise HarnessError(f"--only {pattern!r}: not a regular expression ({err})") from err
-        chosen = [r for r in self.runs if regex.search(r.run_id)]
-        if not chosen:
-            raise HarnessError(f"--only {pattern!r}: matches none of the runs of {self.path} "
-                               f"({', '.join(r.run_id for r in self.runs)})")
-        return chosen
-
-
-def canonical_json(obj: Any) -> str:
-    """Key-sorted, whitespace-free JSON: the text a config hash is taken of."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    """sha256 of a resolved config's canonical JSON, leaving out entries that do not change any sample."""
-    hashed = json.loads(json.dumps(config))
-    for section, key in NOT_HASHED:
-        hashed.get(section, {}).pop(key, None)
-    for (section, key), default in HASHED_UNLESS_DEFAULT.items():
-        if hashed.get(section, {}).get(key, default) == default:
-            hashed.get(section, {}).pop(key, None)
-    return hashlib.sha256(canonical_json(hashed).encode()).hexdigest()
 
 
 #################################################################################
