@@ -16,7 +16,7 @@ import torch
 
 from harness.guidance import GuidanceSpec, combine
 from harness.models.adapters import FlowModel
-from harness.models.dit import dropped_pixels, num_sparse, select_tokens
+from harness.models.tokens import dropped_pixels, num_sparse, select_tokens
 
 SAMPLERS = ("euler", "heun", "euler_maruyama", "edm_heun")
 

@@ -20,7 +20,8 @@ from harness.errors import HarnessError
 from harness.guidance import GuidanceSpec, Schedule
 from harness.models import ModelSpec, build_model
 from harness.models.batching import FORWARD_ROWS
-from harness.models.dit import DiTConfig, SparseDiT, num_sparse
+from harness.models.dit import DiTConfig, SparseDiT
+from harness.models.tokens import num_sparse
 from harness.suite.plan import TOTAL_ROW, add_plan_parser, format_plan, plan_table
 from harness.sampling import GuidedDenoiser, SamplerSpec, draw_labels, draw_noise, make_generators, sample
 from harness.suite import load_suite

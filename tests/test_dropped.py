@@ -11,7 +11,7 @@ import torch
 from harness.errors import HarnessError
 from harness.guidance import GuidanceSpec, Schedule, combine
 from harness.models import ModelSpec, build_model, randomize_weights
-from harness.models.dit import dropped_pixels, select_tokens
+from harness.models.tokens import dropped_pixels, select_tokens
 from harness.sampling import GuidedDenoiser, SamplerSpec, generate, make_generators
 from harness.suite import load_suite
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.dryrun import FULL, SMALL, DryRun, load_dry_suite, redraw_zero_init, small_arch
+from harness.dryrun import FULL, SMALL, DryRun, load_dry_suite, small_arch
+from harness.models import redraw_zero_init
 from harness.errors import HarnessError
 from harness.models import ModelSpec, build_model
 from harness.report import normalise_paper_map

@@ -22,7 +22,7 @@ from harness.errors import HarnessError
 from harness.guidance import GuidanceSpec
 from harness.models import (ARCHS, FlowModel, MaskDiT, MaskDiTConfig, ModelSpec, build_model, load_checkpoint,
                             randomize_weights)
-from harness.models.dit import dropped_pixels
+from harness.models.tokens import dropped_pixels
 from harness.sampling import GuidedDenoiser, SamplerSpec, make_generators, sample
 
 FIXTURE = Path(__file__).parent / "fixtures" / "maskdit"

@@ -10,7 +10,7 @@ from harness.cost.flops import count_forward
 from harness.errors import HarnessError
 from harness.models import ModelSpec, family_of, load_checkpoint
 from harness.models.adapters import FlowModel, PromptConditions, TextCondition
-from harness.models.dit import select_tokens
+from harness.models.tokens import select_tokens
 
 FIXTURES = Path(__file__).parent / "fixtures"
 STATE = FIXTURES / "microdit_test_state.safetensors"  # upstream DiT(**microdit_test.json) state dict, random weights

@@ -12,7 +12,8 @@ import torch
 from harness.errors import HarnessError
 from harness.models import ARCHS, ModelSpec, build_model, randomize_weights
 from harness.models.checkpoint import load_checkpoint
-from harness.models.dit import DiTConfig, SparseDiT, select_tokens, sincos_pos_embed_2d, unpatchify
+from harness.models.dit import DiTConfig, SparseDiT, sincos_pos_embed_2d
+from harness.models.tokens import select_tokens, unpatchify
 
 
 def tiny(sparsity="routing", **kw) -> SparseDiT:

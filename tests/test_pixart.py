@@ -9,7 +9,7 @@ from harness.cost.flops import count_forward  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 from harness.models import ModelSpec, build_model, family_of, randomize_weights  # noqa: E402
 from harness.models.adapters import FlowModel, PromptConditions, TextCondition  # noqa: E402
-from harness.models.dit import gather_tokens, select_tokens  # noqa: E402
+from harness.models.tokens import gather_tokens, select_tokens  # noqa: E402
 from harness.models.route_hooks import TokenRouter  # noqa: E402
 
 ROUTE = (1, 2)

@@ -6,7 +6,7 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 
 from harness.models import randomize_weights  # noqa: E402
-from harness.models.dit import gather_tokens, select_tokens  # noqa: E402
+from harness.models.tokens import gather_tokens, select_tokens  # noqa: E402
 from harness.models.route_hooks import TokenRouter  # noqa: E402
 
 FIRST, LAST = 1, 3  # LAST is the final block: context_pre_only, it returns (None, image tokens)

@@ -5,7 +5,7 @@ import torch
 from harness.cost.flops import count_forward
 from harness.models import FAMILIES, ModelSpec, randomize_weights
 from harness.models.adapters import TextCondition
-from harness.models.dit import select_tokens
+from harness.models.tokens import select_tokens
 from harness.models.textdit import TextDiT, TextDiTConfig
 
 

@@ -35,7 +35,7 @@ from harness.errors import HarnessError
 from harness.guidance import GuidanceSpec
 from harness.models import ModelSpec, family_of
 from harness.models.batching import FORWARD_ROWS
-from harness.models.dit import num_sparse
+from harness.models.tokens import num_sparse
 from harness.sampling import SamplerSpec
 
 aten = torch.ops.aten

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.models.tokens import gather_tokens, num_sparse, select_tokens, unpatchify
+
 #################################################################################
 #                     Embeddings for positions, timesteps, labels               #
 #################################################################################

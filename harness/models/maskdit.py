@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harness.models.dit import (DiTBlock, FinalLayer, PatchEmbed, TimestepEmbedder, gather_tokens, modulate,
-                                num_sparse, select_tokens, sincos_pos_embed_2d, unpatchify)
+from harness.models.dit import DiTBlock, FinalLayer, PatchEmbed, TimestepEmbedder, modulate, sincos_pos_embed_2d
+from harness.models.tokens import gather_tokens, num_sparse, select_tokens, unpatchify
 
 
 @dataclass(frozen=True)

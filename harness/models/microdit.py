@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.models.adapters import TextCondition
-from harness.models.dit import PatchEmbed, gather_tokens, modulate, num_sparse, select_tokens, unpatchify
+from harness.models.dit import PatchEmbed, modulate
+from harness.models.tokens import gather_tokens, num_sparse, select_tokens, unpatchify
 
 #################################################################################
 #                           Embeddings and layers                               #

@@ -22,7 +22,7 @@ from torch import nn
 
 from harness.errors import HarnessError
 from harness.models.adapters import TextCondition
-from harness.models.dit import num_sparse, select_tokens
+from harness.models.tokens import num_sparse, select_tokens
 from harness.models.route_hooks import TokenRouter
 
 INSTALL_HINT = "pip install -e '.[t2i]' (or pip install diffusers transformers sentencepiece)"

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.models.dit import gather_tokens
+from harness.models.tokens import gather_tokens
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.models.adapters import TextCondition
-from harness.models.dit import (
-    Attention, FinalLayer, Mlp, PatchEmbed, TimestepEmbedder, gather_tokens, modulate, num_sparse, select_tokens,
-    sincos_pos_embed_2d, unpatchify,
-)
+from harness.models.dit import Attention, FinalLayer, Mlp, PatchEmbed, TimestepEmbedder, modulate, sincos_pos_embed_2d
+from harness.models.tokens import gather_tokens, num_sparse, select_tokens, unpatchify
 
 
 @dataclass(frozen=True)

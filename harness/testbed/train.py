@@ -32,7 +32,8 @@ from torchvision.transforms.functional import gaussian_blur
 
 from harness.models import ARCHS, ModelSpec
 from harness.models.adapters import TextCondition
-from harness.models.dit import SparseDiT, select_tokens
+from harness.models.dit import SparseDiT
+from harness.models.tokens import select_tokens
 from harness.models.textdit import TextDiT
 from harness.testbed import data, detector, scenes, words
 from harness.testbed.featnet import ShapeNet
