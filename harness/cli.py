@@ -267,7 +267,16 @@ def run_delegated(command: str, argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="harness")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args([command, *argv])
+    check_device(args)
     return int(args.func(args) or 0)
+
+
+def check_device(args: argparse.Namespace) -> None:
+    """Stop with a HarnessError before any work when the command's --device does not exist on this machine."""
+    if getattr(args, "device", None):
+        from harness.distributed import resolve_device
+
+        resolve_device(args.device)
 
 
 COMMANDS = {"generate": cmd_generate, "evaluate": cmd_evaluate, "bench": cmd_bench}
@@ -280,6 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] in DELEGATED:
             return run_delegated(argv[0], argv[1:])
         args = build_parser().parse_args(argv)
+        check_device(args)
         return COMMANDS[args.command](args)
     except HarnessError as err:
         print(f"harness: error: {err}", file=sys.stderr)

@@ -20,3 +20,14 @@ def test_every_command_answers_help(command, capsys):
 def test_the_command_list_is_complete():
     choices = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001 (argparse has no public API)
     assert set(choices) == set(COMMANDS)
+
+
+@pytest.mark.parametrize("device", ["cuda:7", "nonsense"])
+@pytest.mark.parametrize("command", ["generate", "evaluate", "bench", "search", "adm-eval", "reference"])
+def test_an_unavailable_device_stops_before_any_work(command, device, tmp_path, capsys):
+    suite = ["suites/testbed.toml", "--out", str(tmp_path / "runs")]
+    args = {"adm-eval": ["a.npz", "b.npz"], "reference": ["images", str(tmp_path / "ref.npz")]}.get(command, suite)
+    code = main([command, *args, "--device", device])
+    err = capsys.readouterr().err
+    assert code == 2 and f"device '{device}' is not available here (available: cpu" in err
+    assert "Traceback" not in err and not list(tmp_path.iterdir())
