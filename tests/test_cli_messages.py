@@ -31,3 +31,19 @@ def test_an_unavailable_device_stops_before_any_work(command, device, tmp_path, 
     err = capsys.readouterr().err
     assert code == 2 and f"device '{device}' is not available here (available: cpu" in err
     assert "Traceback" not in err and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("command", [["plan", "suites/imagenet256_ablation.toml", "--format", "json"], ["assets"],
+                                     ["search", "--help"]])
+def test_a_closed_output_pipe_ends_the_command_quietly(command):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen([sys.executable, "-m", "harness", *command], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    proc.stdout.read(10)
+    proc.stdout.close()  # as `| head -c 10` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) in (0, 141) and "Traceback" not in err and "Broken" not in err, err
