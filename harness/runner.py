@@ -211,11 +211,12 @@ def weights_fingerprint(run: Run) -> dict[str, str]:
             if spec.checkpoint and Path(spec.checkpoint).is_file()}
 
 
-def make_manifest(run: Run, env: dict[str, Any], dry_run: bool, complete: bool) -> dict[str, Any]:
-    """manifest.json of a run: its resolved config and hash, the checkpoints' sha256, the environment, and whether
-    all shards exist."""
+def make_manifest(run: Run, run_dir: Path, env: dict[str, Any], dry_run: bool, complete: bool) -> dict[str, Any]:
+    """manifest.json of a run: its resolved config and hash, the checkpoints' sha256 (pinned once a shard exists:
+    a checkpoint that failed to load pins nothing), the environment, and whether all shards exist."""
+    pinned = not dry_run and any(run_dir.glob(SHARD_GLOB))
     return {"run": run.run_id, "suite": run.suite, "config": run.config, "config_hash": run.config_hash,
-            "weights_sha256": {} if dry_run else weights_fingerprint(run), **env, "dry_run": dry_run,
+            "weights_sha256": weights_fingerprint(run) if pinned else {}, **env, "dry_run": dry_run,
             "complete": complete}
 
 
@@ -452,7 +453,7 @@ def run_batches(run: Run, run_dir: Path, cache: ModelCache, env: dict[str, Any],
             distributed.print0(f"{run.run_id}: samples increased to {run.samples}; keeping the existing images")
             for stale in (run_dir / "metrics.json", run_dir / ADM_NPZ):
                 stale.unlink(missing_ok=True)
-        write_json(run_dir / MANIFEST, make_manifest(run, env, dry_run, complete=False))
+        write_json(run_dir / MANIFEST, make_manifest(run, run_dir, env, dry_run, complete=False))
     distributed.barrier()
 
     models = cache.run_models(run, run_dir.parent)
@@ -478,6 +479,8 @@ def run_batches(run: Run, run_dir: Path, cache: ModelCache, env: dict[str, Any],
                                            decode=_finite_check(run.run_id, s, decode), timing=timing)
         peak_mb = max(peak_mb, peak_memory_mb(device))
         write_shard(shard_path(run_dir, s.start), images, used_labels, np.arange(s.start, s.stop))
+        if distributed.is_main() and not batches and not kept:  # the run's first shard: pin its checkpoints now
+            write_json(run_dir / MANIFEST, make_manifest(run, run_dir, env, dry_run, complete=False))
         batches.append(timing)
         bar.update(len(s))
         yield
@@ -490,7 +493,7 @@ def run_batches(run: Run, run_dir: Path, cache: ModelCache, env: dict[str, Any],
         complete = all(shard_path(run_dir, s.start).is_file() for s in plan_shards(run.samples, run.batch_size))
         if adm_npz and complete:
             write_adm_npz(run_dir, run.samples)
-        write_json(run_dir / MANIFEST, make_manifest(run, env, dry_run, complete=complete))
+        write_json(run_dir / MANIFEST, make_manifest(run, run_dir, env, dry_run, complete=complete))
     return RunResult(run.run_id, run_dir, sum(len(s) for s in todo), kept, sum(b["total"] for b in batches))
 
 
