@@ -423,6 +423,7 @@ def load_suite(path: str | Path, root: str | Path | None = None, samples: int | 
         raise where.from_validation(err) from None
     if samples is not None and samples < 1:
         raise HarnessError(f"--samples {samples}: must be >= 1")
+    _check_metrics(doc.suite.metrics, where)
     models = {key: _model_spec(key, table, root, where) for key, table in doc.models.items()}
     prompts = _check_prompts(doc, models, root, samples, where)
     try:
@@ -444,6 +445,17 @@ def load_suite(path: str | Path, root: str | Path | None = None, samples: int | 
                  labels=s.labels, metrics=tuple(s.metrics), reference=_resolve_reference(s.reference, root),
                  sampler=sampler, models=models, runs=tuple(runs), prompts=prompts.spec,
                  images_per_prompt=prompts.per_prompt)
+
+
+def _check_metrics(names: list[str], where: _Where) -> None:
+    """Stop at the first metric that no module defines, listing every known one (the testbed's included)."""
+    from harness import metrics
+
+    metrics._load_plugin("testbed")  # its fd_/precision_/recall_testbed and class_acc belong in the list
+    known = sorted(metrics.METRICS)
+    for name in names:
+        if name not in metrics.METRICS:
+            raise where.error("[suite]", "metrics", f"unknown metric {name!r}; known: {', '.join(known)}")
 
 
 @dataclass(frozen=True)

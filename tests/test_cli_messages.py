@@ -18,7 +18,7 @@ def test_every_command_answers_help(command, capsys):
 
 
 def test_the_command_list_is_complete():
-    choices = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001 (argparse has no public API)
+    choices = build_parser()._subparsers._group_actions[0].choices  # argparse has no public accessor
     assert set(choices) == set(COMMANDS)
 
 
