@@ -476,7 +476,8 @@ def _check_prompts(doc: SuiteFile, models: dict[str, ModelSpec], root: Path, sam
     any work. A prompt suite without `samples` takes every prompt's images (0 while HPSv3's prompt files are
     missing: generation stops at the asset check first)."""
     from harness.models.text_encoders import TEXT_ENCODERS
-    from harness.prompts import default_images_per_prompt, load_prompts, resolve_prompts
+    from harness.prompts import PROMPT_SETS, default_images_per_prompt, load_prompts, resolve_prompts
+    from harness.prompts.files import SUFFIXES
 
     s = doc.suite
     for key, table in doc.models.items():
@@ -499,6 +500,9 @@ def _check_prompts(doc: SuiteFile, models: dict[str, ModelSpec], root: Path, sam
         if doc.models[key].text_encoder is None:
             raise where.error(f"[models.{key}]", "text_encoder", "a prompt suite's models need a text encoder "
                                                                  "(e.g. text_encoder = \"random\" for tests)")
+    if s.prompts not in PROMPT_SETS and Path(s.prompts).suffix not in SUFFIXES:
+        raise where.error("[suite]", "prompts", f"unknown prompt set {s.prompts!r}: neither a built-in set "
+                                                f"({', '.join(PROMPT_SETS)}) nor a prompt file ({' or '.join(SUFFIXES)})")
     prompts = resolve_prompts(s.prompts, root)
     per_prompt = s.images_per_prompt or default_images_per_prompt(s.prompts)
     try:

@@ -344,3 +344,31 @@ def test_export_of_a_suite_takes_the_generated_runs_and_lists_the_others(tmp_pat
     out = capsys.readouterr().out
     assert code == 0 and (tmp_path / "hps" / "g" / "all").is_dir() and not (tmp_path / "hps" / "h").exists()
     assert "not generated: h" in out
+
+
+def test_an_unknown_prompt_set_name_is_not_taken_for_a_path(tmp_path):
+    with pytest.raises(HarnessError, match=r"unknown prompt set 'genevall'.*geneval, hpsv3.*\.txt or \.jsonl"):
+        load_prompts("genevall", tmp_path)
+    path = text_suite(tmp_path, None, prompts="genevall")
+    with pytest.raises(HarnessError, match=rf"{path}: \[suite\]: field 'prompts': unknown prompt set 'genevall'"):
+        load_suite(path, root=tmp_path)
+
+
+def test_a_long_prompt_is_shortened_in_messages(tmp_path):
+    from harness.testbed.words import tokenize
+
+    long = "red " * 2500  # 10,000 characters
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"prompt": "a"}) + "\n" + json.dumps({"prompt": ["x" * 10_000]}) + "\n")
+    for call in (lambda: tokenize([long]), lambda: read_prompt_file(path)):
+        with pytest.raises(HarnessError) as err:
+            call()
+        assert len(str(err.value)) < 400 and "characters)" in str(err.value), str(err.value)[:500]
+
+
+def test_duplicate_prompts_are_warned_about_with_their_lines(tmp_path, capsys):
+    path = tmp_path / "p.txt"
+    path.write_text("a cat\na dog\na cat\n")
+    assert read_prompt_file(path).prompts == ("a cat", "a dog", "a cat")  # kept: images per prompt line
+    err = capsys.readouterr().err
+    assert f"{path}: line 3 repeats line 1" in err and "'a cat'" in err
