@@ -128,3 +128,25 @@ def test_official_backend_path_with_a_stand_in_package(images, tmp_path, monkeyp
     (built,) = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert built["checkpoint"] == str(tmp_path / "HPSv3.safetensors") and built["device"] == "cpu"
     assert f'model_name_or_path: "{tmp_path / "qwen"}"' in built["config"] and "bf16: True" in built["config"]
+
+
+# hpsv3's imports that its own requirements bring in (transformers needs huggingface_hub, packaging, requests;
+# datasets needs pandas); import name -> distribution for the others.
+TRANSITIVE = {"huggingface_hub", "packaging", "requests", "pandas"}
+DISTRIBUTION = {"PIL": "pillow", "yaml": "pyyaml", "torch.utils.tensorboard": "tensorboard"}
+
+
+def test_hpsv3_env_installs_every_module_the_package_imports():
+    from pathlib import Path
+    import re
+
+    fixture = json.loads((Path(__file__).parent / "fixtures" / "hpsv3-1.0.0-imports.json").read_text())
+    declared = {re.split(r"[<>=!~ ;\[]", r)[0].lower() for r in fixture["requires_dist"]}
+    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
+    line = re.search(r"^HPSV3_PACKAGES \?= (.*)$", makefile, re.M)
+    assert line and "$(HPSV3_VENV)/bin/pip install $(HPSV3_PACKAGES)" in makefile
+    installed = {re.split(r"[<>=!~ ]", p.strip('"'))[0].lower() for p in line.group(1).split()}
+    missing = [m for m in fixture["imports"] if m not in TRANSITIVE
+               and DISTRIBUTION.get(m, m).lower() not in declared | installed]
+    assert missing == [], f"make hpsv3-env installs nothing that provides {missing}"
+    assert {"hpsv3", "matplotlib", "tensorboard"} <= installed
