@@ -224,7 +224,7 @@ def _stamp(run_dir: Path, prompts: PromptSet, options: Mapping[str, Any]) -> str
     from harness.metrics.evaluate import list_shards
 
     shards = ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in list_shards(run_dir))
-    return json.dumps([shards, prompts.digest, sorted((k, repr(v)) for k, v in options.items())])
+    return json.dumps([shards, prompts.digest, sorted((k, repr(v)) for k, v in options.items() if k != "root")])
 
 
 def evaluate_prompt_run(run_dir: Path, names: Sequence[str], prompts: PromptSet, device: torch.device | str = "cpu",

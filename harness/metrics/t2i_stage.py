@@ -32,7 +32,7 @@ def evaluate_prompt_runs(suite, runs: Sequence, runs_root: Path, device: str | N
         raise HarnessError(f"run(s) {', '.join(missing)} have no samples under {runs_root / suite.name}; "
                            "run `harness generate` first")
     dev = distributed.resolve_device(device)
-    options = DRY_OPTIONS if dry is not None else None
+    options = DRY_OPTIONS if dry is not None else {"hpsv3": {"root": suite.root}}  # its assets and .venv-hpsv3
     if dry is None:
         from harness.preflight import require_assets
 
