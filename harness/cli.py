@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     _suite_args(ev, samples=False)
     ev.add_argument("--metrics", metavar="M[,M]", help="with a sample folder: geneval, hpsv3, clip_score (default: "
                                                        "geneval for GenEval's layout, hpsv3 for HPSv3's)")
+    ev.add_argument("--strict", action="store_true", help="with a sample folder: stop (exit 2) when any prompt "
+                                                          "folder is skipped or any image is odd, instead of warning")
     bench = sub.add_parser("bench", help="generate, measure cost, evaluate and report a suite")
     _suite_args(bench, samples=True)
     bench.add_argument("--reports", metavar="DIR", help="reports folder (default: ROOT/reports)")
@@ -201,7 +203,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if Path(args.suite).is_dir():
         from harness.metrics.t2i_stage import evaluate_sample_folder
 
-        return evaluate_sample_folder(Path(args.suite), args.metrics, args.out, args.device, args.dry_run)
+        return evaluate_sample_folder(Path(args.suite), args.metrics, args.out, args.device, args.dry_run,
+                                      args.strict)
     suite, runs, dry = _load(args)
     evaluate_runs(suite, runs, _runs_root(args, suite), args.device, dry)
     return 0
