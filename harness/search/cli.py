@@ -117,11 +117,12 @@ def format_search_plan(runs, rungs: tuple[int, ...], budget_text: str) -> str:
 def main_search(args: argparse.Namespace) -> int:
     """Run `harness search`: the plan, or the search, its results table, search.json and report."""
     from harness import distributed
-    from harness.search.loop import SearchOptions, default_metric, run_search
+    from harness.search.loop import SearchOptions, check_axes, default_metric, run_search
 
     suite, runs, dry = _load(args)
     samples = runs[0].samples
     rungs = _rungs(args, suite, samples)
+    check_axes(suite, runs, args.metric or default_metric(suite), args.cost)
     if args.plan:
         print(format_search_plan(runs, rungs, args.budget))
         return 0
