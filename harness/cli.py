@@ -204,7 +204,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from harness.metrics.t2i_stage import evaluate_sample_folder
 
         return evaluate_sample_folder(Path(args.suite), args.metrics, args.out, args.device, args.dry_run,
-                                      args.strict)
+                                      args.strict, args.root)
     suite, runs, dry = _load(args)
     evaluate_runs(suite, runs, _runs_root(args, suite), args.device, dry)
     return 0

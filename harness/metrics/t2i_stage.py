@@ -43,7 +43,7 @@ def evaluate_prompt_runs(suite, runs: Sequence, runs_root: Path, device: str | N
 
 
 def evaluate_sample_folder(folder: Path, metrics: str | None, out: str | None, device: str | None,
-                           dry_run: bool = False, strict: bool = False) -> int:
+                           dry_run: bool = False, strict: bool = False, root: str | None = None) -> int:
     """`harness evaluate FOLDER`: score samples another generator wrote in GenEval's or HPSv3's layout."""
     from harness import distributed
     from harness.metrics.t2i import evaluate_folder
@@ -51,7 +51,7 @@ def evaluate_sample_folder(folder: Path, metrics: str | None, out: str | None, d
 
     names = metrics.split(",") if metrics else [detect_layout(folder)]
     dev = distributed.resolve_device(device)
-    options = DRY_OPTIONS if dry_run else None
+    options = DRY_OPTIONS if dry_run else {"hpsv3": {"root": Path(root) if root else None}}
     results = evaluate_folder(folder, names, Path(out) if out else None, dev, options, strict)
     for key, value in results.items():
         print(f"{key}: {value:.5f}" if isinstance(value, float) else f"{key}: {value}")
