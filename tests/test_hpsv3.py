@@ -152,13 +152,13 @@ DISTRIBUTION = {"PIL": "pillow", "yaml": "pyyaml", "torch.utils.tensorboard": "t
 
 
 def test_hpsv3_env_installs_every_module_the_package_imports():
-    from pathlib import Path
     import re
+    from pathlib import Path
 
     fixture = json.loads((Path(__file__).parent / "fixtures" / "hpsv3-1.0.0-imports.json").read_text())
     declared = {re.split(r"[<>=!~ ;\[]", r)[0].lower() for r in fixture["requires_dist"]}
     makefile = (Path(__file__).parents[1] / "Makefile").read_text()
-    line = re.search(r"^HPSV3_PACKAGES \?= (.*)$", makefile, re.M)
+    line = re.search(r"^HPSV3_PACKAGES \?= (.*)$", makefile, re.MULTILINE)
     assert line and "$(HPSV3_VENV)/bin/pip install $(HPSV3_PACKAGES)" in makefile
     installed = {re.split(r"[<>=!~ ]", p.strip('"'))[0].lower() for p in line.group(1).split()}
     missing = [m for m in fixture["imports"] if m not in TRANSITIVE
