@@ -52,11 +52,13 @@ testbed: setup
 # harness/metrics/hpsv3_worker.py with $(HPSV3_VENV)/bin/python.
 HPSV3_VENV ?= .venv-hpsv3
 HPSV3_TORCH ?= torch==2.6.0 torchvision==0.21.0
+# matplotlib and tensorboard: imported by hpsv3 1.0.0 (hpsv3/model/qwen2vl_trainer.py) but not declared by it
+HPSV3_PACKAGES ?= "hpsv3==1.0.0" "transformers==4.45.2" matplotlib tensorboard
 hpsv3-env: $(HPSV3_VENV)/.installed
 
 $(HPSV3_VENV)/.installed:
 	test -x $(HPSV3_VENV)/bin/python || $(PYTHON) -m venv $(HPSV3_VENV)
 	$(HPSV3_VENV)/bin/pip install $(HPSV3_TORCH)
-	$(HPSV3_VENV)/bin/pip install "hpsv3==1.0.0" "transformers==4.45.2"
+	$(HPSV3_VENV)/bin/pip install $(HPSV3_PACKAGES)
 	$(HPSV3_VENV)/bin/python -c "from hpsv3 import HPSv3RewardInferencer"
 	touch $@

@@ -31,7 +31,7 @@ from typing import Any
 
 from harness.errors import HarnessError
 
-MANIFEST = Path(__file__).resolve().parents[1] / "assets" / "manifest.toml"
+ASSET_MANIFEST = Path(__file__).resolve().parents[1] / "assets" / "manifest.toml"
 ASSETS_ENV = "HARNESS_ASSETS"
 KINDS = ("checkpoint", "vae", "reference", "samples", "inception", "metric", "prompts", "text_encoder")
 TORCH_HUB = "{torch_hub}"  # a path starting with this lies in torch.hub's cache folder
@@ -140,7 +140,7 @@ _FIELDS = {"kind", "description", "path", "url", "hub", "revision", "files", "si
            "source", "note"}
 
 
-def load_manifest(path: str | Path = MANIFEST) -> dict[str, Asset]:
+def load_manifest(path: str | Path = ASSET_MANIFEST) -> dict[str, Asset]:
     """The assets of a manifest file by name, checked: known kinds and fields, a path, sha256 as 64 hex digits."""
     path = Path(path)
     if not path.is_file():
@@ -368,7 +368,7 @@ def add_assets_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
                         help="download the missing ones (resumable; sha256-checked where the manifest has one)")
     parser.add_argument("--root", metavar="DIR", help="repository root holding assets/ (default: the current "
                                                       f"directory; ${ASSETS_ENV} overrides the assets folder)")
-    parser.add_argument("--manifest", default=str(MANIFEST), help="asset manifest (default: assets/manifest.toml)")
+    parser.add_argument("--manifest", default=str(ASSET_MANIFEST), help="asset manifest (default: assets/manifest.toml)")
     parser.set_defaults(func=main_assets)
     return parser
 
@@ -394,5 +394,5 @@ def main_assets(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["ASSETS_ENV", "Asset", "Download", "MANIFEST", "Need", "add_assets_parser", "assets_dir", "download",
+__all__ = ["ASSETS_ENV", "Asset", "Download", "ASSET_MANIFEST", "Need", "add_assets_parser", "assets_dir", "download",
            "fetch", "file_need", "hub_cached", "load_manifest", "main_assets", "raise_missing", "status_rows"]

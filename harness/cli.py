@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -80,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     _suite_args(ev, samples=False)
     ev.add_argument("--metrics", metavar="M[,M]", help="with a sample folder: geneval, hpsv3, clip_score (default: "
                                                        "geneval for GenEval's layout, hpsv3 for HPSv3's)")
+    ev.add_argument("--strict", action="store_true", help="with a sample folder: stop (exit 2) when any prompt "
+                                                          "folder is skipped or any image is odd, instead of warning")
     bench = sub.add_parser("bench", help="generate, measure cost, evaluate and report a suite")
     _suite_args(bench, samples=True)
     bench.add_argument("--reports", metavar="DIR", help="reports folder (default: ROOT/reports)")
@@ -152,7 +155,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if Path(args.suite).is_dir():
         from harness.evaluate import evaluate_sample_folder
 
-        return evaluate_sample_folder(Path(args.suite), args.metrics, args.out, args.device, args.dry_run)
+        return evaluate_sample_folder(Path(args.suite), args.metrics, args.out, args.device, args.dry_run,
+                                      args.strict, args.root)
     from harness.evaluate import evaluate_runs
 
     suite, runs, dry = _load(args)
@@ -223,7 +227,16 @@ def run_delegated(command: str, argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="harness")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args([command, *argv])
+    check_device(args)
     return int(args.func(args) or 0)
+
+
+def check_device(args: argparse.Namespace) -> None:
+    """Stop with a HarnessError before any work when the command's --device does not exist on this machine."""
+    if getattr(args, "device", None):
+        from harness.distributed import resolve_device
+
+        resolve_device(args.device)
 
 
 COMMANDS = {"generate": cmd_generate, "evaluate": cmd_evaluate, "bench": cmd_bench}
@@ -236,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] in DELEGATED:
             return run_delegated(argv[0], argv[1:])
         args = build_parser().parse_args(argv)
+        check_device(args)
         return COMMANDS[args.command](args)
     except HarnessError as err:
         print(f"harness: error: {err}", file=sys.stderr)
@@ -243,6 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("harness: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output left (`| head`): stop quietly, as a SIGPIPE would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush cannot fail
+        return 141
     finally:
         if "torch.distributed" in sys.modules:
             from harness import distributed

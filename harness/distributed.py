@@ -13,6 +13,8 @@ import sys
 import torch
 import torch.distributed as dist
 
+from harness.errors import HarnessError
+
 
 def launched() -> bool:
     """Whether a launcher (torchrun, SLURM wrappers, ...) set the usual environment for a process group."""
@@ -49,10 +51,28 @@ def resolve_device(device: str | None = None) -> torch.device:
     A bare "cuda" under a launcher becomes this rank's GPU, so each process of `torchrun` uses its own.
     """
     name = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and dev.index is None:
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        dev = None
+    if dev is not None and dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", get_local_rank() if launched() else 0)
+    if dev is None or not _present(dev):
+        raise HarnessError(f"device '{name}' is not available here (available: {', '.join(available_devices())})")
     return dev
+
+
+def available_devices() -> list[str]:
+    """The devices this machine can compute on: cpu, then each CUDA GPU and mps where present."""
+    names = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return names + (["mps"] if torch.backends.mps.is_available() else [])
+
+
+def _present(dev: torch.device) -> bool:
+    """Whether `dev` exists on this machine."""
+    if dev.type == "cuda":
+        return torch.cuda.device_count() > dev.index
+    return dev.type == "cpu" or (dev.type == "mps" and torch.backends.mps.is_available())
 
 
 def init(device: torch.device) -> None:

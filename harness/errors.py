@@ -11,6 +11,12 @@ class HarnessError(Exception):
     """A problem with the user's input (a suite, a checkpoint, an asset); the message names the file and field."""
 
 
+def shorten(value: object, limit: int = 60) -> str:
+    """repr(value) for a message, cut after `limit` characters (a 10,000-character prompt is not echoed whole)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - 2} characters)"
+
+
 def check_inputs(files: Mapping[str, str | os.PathLike | None] | None = None,
                  paths: Mapping[str, str | os.PathLike | None] | None = None) -> None:
     """Stop with one HarnessError naming every input a command was given that does not exist.

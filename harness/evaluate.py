@@ -39,14 +39,19 @@ def evaluate_runs(suite: Any, runs: Sequence[Any], runs_root: Path, device: str 
     if not suite.metrics:
         print(f"{suite.path}: [suite] metrics is empty; nothing to evaluate", file=sys.stderr)
         return
+    prompt_metrics = [m for m in suite.metrics if is_prompt_metric(m)]
+    reference_metrics = [m for m in suite.metrics if not is_prompt_metric(m)]
+    if prompt_metrics and suite.prompts is None:
+        raise HarnessError(f"{suite.path}: [suite] metrics {prompt_metrics} score images against their prompts; "
+                           "the suite needs [suite] prompts")
+    if reference_metrics and suite.reference is None:
+        raise HarnessError(f"{suite.path}: [suite] field 'reference' is needed to evaluate {reference_metrics}")
     missing = [r.run_id for r in runs if not (run_dir_of(runs_root, r) / RUN_MANIFEST).is_file()]
     if missing:
         raise HarnessError(f"run(s) {', '.join(missing)} have no samples under {runs_root / suite.name}; "
                            "run `harness generate` first")
     if dry is None:
         require_assets(runs, suite.root, generate=False, evaluate=True)
-    prompt_metrics = [m for m in suite.metrics if is_prompt_metric(m)]
-    reference_metrics = [m for m in suite.metrics if not is_prompt_metric(m)]
     start = time.perf_counter()
     if prompt_metrics:
         _score_prompt_runs(suite, runs, runs_root, prompt_metrics, device, dry)
@@ -58,21 +63,16 @@ def evaluate_runs(suite: Any, runs: Sequence[Any], runs_root: Path, device: str 
 def _score_prompt_runs(suite: Any, runs: Sequence[Any], runs_root: Path, names: list[str], device: str | None,
                        dry: Any) -> None:
     """GenEval / HPSv3 / CLIP score of each run's images against its prompt set (and GenEval's results.jsonl)."""
-    if suite.prompts is None:
-        raise HarnessError(f"{suite.path}: [suite] metrics {names} score images against their prompts; the suite "
-                           "needs [suite] prompts")
     dev = distributed.resolve_device(device)
     prompts = load_prompts(suite.prompts, suite.root)
+    options = DRY_OPTIONS if dry is not None else {"hpsv3": {"root": suite.root}}  # its assets and .venv-hpsv3
     for run in runs:
-        evaluate_prompt_run(run_dir_of(runs_root, run), names, prompts, dev, DRY_OPTIONS if dry is not None else None)
+        evaluate_prompt_run(run_dir_of(runs_root, run), names, prompts, dev, options)
 
 
 def _score_against_reference(suite: Any, runs: Sequence[Any], runs_root: Path, device: str | None,
                              dry: Any) -> None:
     """The reference metrics of each run; the reference's features are extracted once for the suite."""
-    if suite.reference is None:
-        names = [m for m in suite.metrics if not is_prompt_metric(m)]
-        raise HarnessError(f"{suite.path}: [suite] field 'reference' is needed to evaluate {names}")
     if dry is not None:
         dry.prepare_evaluation()
     evaluator = Evaluator(str(suite.reference), distributed.resolve_device(device),
@@ -84,11 +84,12 @@ def _score_against_reference(suite: Any, runs: Sequence[Any], runs_root: Path, d
 
 
 def evaluate_sample_folder(folder: Path, metrics: str | None, out: str | None, device: str | None,
-                           dry_run: bool = False) -> int:
+                           dry_run: bool = False, strict: bool = False, root: str | None = None) -> int:
     """`harness evaluate FOLDER`: score samples another generator wrote in GenEval's or HPSv3's layout."""
     names = metrics.split(",") if metrics else [detect_layout(folder)]
     dev = distributed.resolve_device(device)
-    results = evaluate_folder(folder, names, Path(out) if out else None, dev, DRY_OPTIONS if dry_run else None)
+    options = DRY_OPTIONS if dry_run else {"hpsv3": {"root": Path(root) if root else None}}
+    results = evaluate_folder(folder, names, Path(out) if out else None, dev, options, strict)
     for key, value in results.items():
         print(f"{key}: {value:.5f}" if isinstance(value, float) else f"{key}: {value}")
     return 0

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.assets import MANIFEST, Asset, Need, file_need, load_manifest, raise_missing
+from harness.assets import ASSET_MANIFEST, Asset, Need, file_need, load_manifest, raise_missing
 from harness.metrics import get_metric
 from harness.metrics.features import inception_need
 from harness.models.hub_text import text_encoder_need
@@ -19,7 +19,7 @@ from harness.models.vae import vae_need
 
 
 def missing_assets(runs: Sequence[Any], root: str | Path | None = None, generate: bool = True,
-                   evaluate: bool = True, manifest: str | Path = MANIFEST) -> list[Need]:
+                   evaluate: bool = True, manifest: str | Path = ASSET_MANIFEST) -> list[Need]:
     """What the runs need and lack: checkpoints and VAEs to generate; the reference batch and the Inception
     weights to evaluate. `runs` are harness.suite.Run objects."""
     root = Path(root or Path.cwd())
@@ -75,7 +75,7 @@ def _prompts_need(name: str, assets: dict[str, Asset], root: Path) -> Need | Non
 
 
 def require_assets(runs: Sequence[Any], root: str | Path | None = None, generate: bool = True,
-                   evaluate: bool = True, manifest: str | Path = MANIFEST) -> None:
+                   evaluate: bool = True, manifest: str | Path = ASSET_MANIFEST) -> None:
     """Stop before any work with one HarnessError listing every missing asset of `runs` and how to get it."""
     raise_missing(missing_assets(runs, root, generate, evaluate, manifest))
 

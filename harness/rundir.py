@@ -73,6 +73,8 @@ def read_shard(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             images, labels, indices = data["arr_0"], data["labels"], data["indices"]
     except Exception as err:  # truncated zip, bad CRC, missing member, not an npz at all
         raise HarnessError(f"{path}: unreadable shard ({type(err).__name__}: {err})") from err
+    if indices.ndim != 1:
+        raise HarnessError(f"{path}: indices must be int64 [N], found {indices.dtype} {list(indices.shape)}")
     n = len(indices)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] != n or images.shape[-1] != 3:
         raise HarnessError(f"{path}: arr_0 must be uint8 [{n}, H, W, 3], found {images.dtype} {list(images.shape)}")

@@ -119,7 +119,11 @@ def test_dry_bench_runs_every_stage_and_marks_it(tmp_path, capsys):
     assert list(plan["run"]) == ["cfg", "sg_fid", "(total)"]
     results = pd.read_csv(reports / "imagenet256-dryrun" / "results.csv")
     assert results["dry_run"].all() and set(results["run"]) == {"cfg", "sg_fid"}
+    assert results[["is", "precision", "recall"]].notna().all().all() and set(results["numerics"]) == {"fp32"}
     report = (reports / "imagenet256-dryrun" / "report.md").read_text()
+    for metric in ("is", "precision", "recall"):  # each metric in the table and in a figure
+        assert f"figures/pareto-{metric}-gflops.png" in report, metric
+    assert "Prec." in report and "Rec." in report
     assert "**Every number in this report is from a dry run with random weights" in report
     assert "- dry run: random weights" in report and "every model as Testbed-XS/4" in report
     assert (reports / "imagenet256-dryrun" / "samples" / "cfg.png").is_file()

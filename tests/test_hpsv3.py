@@ -98,16 +98,31 @@ def test_summary_is_benchmark_py_calculate_category_stats(tmp_path):
 
 FAKE_HPSV3 = '''
 import json, os, torch
+from torch import nn
+class TinyRewardModel(nn.Module):
+    """Qwen2VLRewardModelBT's shape, tiny: a bf16 trunk, then its float32 ranknet head applied as upstream does."""
+    def __init__(self, hidden=8):
+        super().__init__()
+        self.trunk = nn.Linear(hidden, hidden).to(torch.bfloat16)
+        self.rm_head = nn.Sequential(nn.Linear(hidden, 1024), nn.ReLU(), nn.Dropout(0.05), nn.Linear(1024, 16),
+                                     nn.ReLU(), nn.Linear(16, 2)).to(torch.float32)
+    def forward(self, x):
+        hidden_states = self.trunk(x)
+        with torch.autocast(device_type="cuda", dtype=torch.float32):  # qwen2vl_trainer.py: a no-op on CPU tensors
+            return self.rm_head(hidden_states)
 class HPSv3RewardInferencer:
     """Stands in for hpsv3.inference.HPSv3RewardInferencer: records how it is built and called."""
     def __init__(self, config_path=None, checkpoint_path=None, device="cuda", differentiable=False):
-        self.model = torch.nn.Linear(1, 1).to(torch.bfloat16)
+        if os.environ.get("FAKE_HPSV3_FAIL"):
+            raise OSError("Qwen2-VL config.json: unexpected end of file")
+        self.model = TinyRewardModel().eval()
         with open(os.environ["FAKE_HPSV3_LOG"], "a") as log:
             log.write(json.dumps({"config": open(config_path).read() if config_path else None,
                                   "checkpoint": checkpoint_path, "device": device}) + "\\n")
     def reward(self, prompts, image_paths):  # the later upstream order; 1.0.0 had (image_paths, prompts)
         assert all(os.path.isfile(p) for p in image_paths)
-        return torch.tensor([[float(len(p)), -1.0] for p in prompts], dtype=torch.bfloat16)
+        logits = self.model(torch.ones(len(prompts), 8, dtype=torch.bfloat16))  # fails on a bf16 head input
+        return torch.tensor([[float(len(p)), float(l)] for p, l in zip(prompts, logits[:, 1])], dtype=torch.bfloat16)
 '''
 
 
@@ -128,3 +143,59 @@ def test_official_backend_path_with_a_stand_in_package(images, tmp_path, monkeyp
     (built,) = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert built["checkpoint"] == str(tmp_path / "HPSv3.safetensors") and built["device"] == "cpu"
     assert f'model_name_or_path: "{tmp_path / "qwen"}"' in built["config"] and "bf16: True" in built["config"]
+
+
+# hpsv3's imports that its own requirements bring in (transformers needs huggingface_hub, packaging, requests;
+# datasets needs pandas); import name -> distribution for the others.
+TRANSITIVE = {"huggingface_hub", "packaging", "requests", "pandas"}
+DISTRIBUTION = {"PIL": "pillow", "yaml": "pyyaml", "torch.utils.tensorboard": "tensorboard"}
+
+
+def test_hpsv3_env_installs_every_module_the_package_imports():
+    import re
+    from pathlib import Path
+
+    fixture = json.loads((Path(__file__).parent / "fixtures" / "hpsv3-1.0.0-imports.json").read_text())
+    declared = {re.split(r"[<>=!~ ;\[]", r)[0].lower() for r in fixture["requires_dist"]}
+    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
+    line = re.search(r"^HPSV3_PACKAGES \?= (.*)$", makefile, re.MULTILINE)
+    assert line and "$(HPSV3_VENV)/bin/pip install $(HPSV3_PACKAGES)" in makefile
+    installed = {re.split(r"[<>=!~ ]", p.strip('"'))[0].lower() for p in line.group(1).split()}
+    missing = [m for m in fixture["imports"] if m not in TRANSITIVE
+               and DISTRIBUTION.get(m, m).lower() not in declared | installed]
+    assert missing == [], f"make hpsv3-env installs nothing that provides {missing}"
+    assert {"hpsv3", "matplotlib", "tensorboard"} <= installed
+
+
+def test_worker_start_up_errors_are_relayed(tmp_path, monkeypatch):
+    package = tmp_path / "site" / "hpsv3"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(FAKE_HPSV3)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    monkeypatch.setenv("FAKE_HPSV3_FAIL", "1")
+    with pytest.raises(HarnessError, match="did not start: OSError: Qwen2-VL config.json: unexpected end of file"):
+        HPSv3Worker("hpsv3", device="cpu", force_cpu=True, python=sys.executable)
+
+
+def test_the_gpu_message_names_no_setting_that_does_not_exist():
+    with pytest.raises(HarnessError) as err:
+        HPSv3Worker("hpsv3", device="cpu", python=sys.executable)
+    assert "hpsv3_force_cpu" not in str(err.value) and "needs a GPU" in str(err.value)
+
+
+def test_evaluate_passes_the_suite_root_to_hpsv3(tmp_path, monkeypatch):
+    import types
+
+    from harness import evaluate
+
+    seen = []
+    monkeypatch.setattr(evaluate, "evaluate_prompt_run", lambda *args: seen.append(args[-1]))
+    monkeypatch.setattr(evaluate, "require_assets", lambda *args, **kwargs: None)
+    monkeypatch.setattr(evaluate, "load_prompts", lambda *args: None)
+    (tmp_path / "runs" / "s" / "r").mkdir(parents=True)
+    (tmp_path / "runs" / "s" / "r" / "manifest.json").write_text("{}")
+    suite = types.SimpleNamespace(name="s", root=tmp_path / "elsewhere", prompts="p.txt", metrics=("hpsv3",),
+                                  path=tmp_path / "s.toml")
+    run = types.SimpleNamespace(run_id="r", suite="s", metrics=("hpsv3",))
+    evaluate.evaluate_runs(suite, [run], tmp_path / "runs", "cpu")
+    assert seen and seen[0]["hpsv3"]["root"] == tmp_path / "elsewhere"

@@ -309,3 +309,66 @@ def test_missing_metric_weights_stop_bench_before_any_work(tmp_path, monkeypatch
     with pytest.raises(HarnessError, match=r"(?s)mask2former-swin-s-coco.*clip-vit-l-14-openai"):
         cmd_bench(args)
     assert not (tmp_path / "runs").exists()
+
+
+def fake_prompt_run(runs: Path, name: str, prompts: int, root: Path) -> Path:
+    """A generated prompt run of `prompts` prompts, one 8x8 image each, as the runner leaves it."""
+    (root / "p.txt").write_text("".join(f"a prompt number {i}\n" for i in range(3)))
+    run = runs / "t2i" / name
+    run.mkdir(parents=True)
+    (run / "manifest.json").write_text(json.dumps({"config": {"suite": {"prompts": "p.txt"}}}))
+    np.savez(run / "samples-000000.npz", arr_0=np.zeros((prompts, 8, 8, 3), np.uint8),
+             labels=np.arange(prompts), indices=np.arange(prompts))
+    return run
+
+
+def test_export_refuses_a_folder_holding_another_export_unless_overwrite(tmp_path, capsys):
+    two, one = (fake_prompt_run(tmp_path / "runs", n, k, tmp_path) for n, k in (("two", 2), ("one", 1)))
+    out = tmp_path / "gen"
+    common = ["--format", "geneval", "--out", str(out), "--root", str(tmp_path)]
+    assert main(["export", str(two), *common]) == 0
+    assert main(["export", str(two), *common]) == 0  # this run's own earlier export: rewritten
+    assert main(["export", str(one), *common]) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "not empty" in err and "--overwrite" in err
+    assert sorted(p.name for p in out.iterdir()) == ["00000", "00001"]  # untouched
+    assert main(["export", str(one), *common, "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["00000"]
+
+
+def test_export_of_a_suite_takes_the_generated_runs_and_lists_the_others(tmp_path, capsys):
+    suite = text_suite(tmp_path, None)
+    suite.write_text(suite.read_text() + '\n[[runs]]\nname = "h"\nmethod = "cfg"\nomega = 2.0\n')
+    fake_prompt_run(tmp_path / "runs", "g", 2, tmp_path)
+    code = main(["export", str(suite), "--format", "hpsv3", "--out", str(tmp_path / "hps"), "--root", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0 and (tmp_path / "hps" / "g" / "all").is_dir() and not (tmp_path / "hps" / "h").exists()
+    assert "not generated: h" in out
+
+
+def test_an_unknown_prompt_set_name_is_not_taken_for_a_path(tmp_path):
+    with pytest.raises(HarnessError, match=r"unknown prompt set 'genevall'.*geneval, hpsv3.*\.txt or \.jsonl"):
+        load_prompts("genevall", tmp_path)
+    path = text_suite(tmp_path, None, prompts="genevall")
+    with pytest.raises(HarnessError, match=rf"{path}: \[suite\]: field 'prompts': unknown prompt set 'genevall'"):
+        load_suite(path, root=tmp_path)
+
+
+def test_a_long_prompt_is_shortened_in_messages(tmp_path):
+    from harness.testbed.words import tokenize
+
+    long = "red " * 2500  # 10,000 characters
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"prompt": "a"}) + "\n" + json.dumps({"prompt": ["x" * 10_000]}) + "\n")
+    for call in (lambda: tokenize([long]), lambda: read_prompt_file(path)):
+        with pytest.raises(HarnessError) as err:
+            call()
+        assert len(str(err.value)) < 400 and "characters)" in str(err.value), str(err.value)[:500]
+
+
+def test_duplicate_prompts_are_warned_about_with_their_lines(tmp_path, capsys):
+    path = tmp_path / "p.txt"
+    path.write_text("a cat\na dog\na cat\n")
+    assert read_prompt_file(path).prompts == ("a cat", "a dog", "a cat")  # kept: images per prompt line
+    err = capsys.readouterr().err
+    assert f"{path}: line 3 repeats line 1" in err and "'a cat'" in err

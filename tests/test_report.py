@@ -282,3 +282,24 @@ def test_throughput_cell_shows_the_spread_and_marks_a_noisy_measurement():
     noisy = pd.Series({"img_per_s": 10.0, "img_per_s_iqr": 3.0, "img_per_s_spread": 0.3})
     assert throughput_cell(noisy) == "10.00 ± 1.5 *noisy*"
     assert throughput_cell(pd.Series({"img_per_s": math.nan, "img_per_s_iqr": math.nan})) == "—"
+
+
+def test_every_listed_metric_reaches_the_table_the_report_and_a_figure(tmp_path: Path) -> None:
+    # ADM's `precision` metric beside a run's numeric setting (bf16): both kept, under their own columns
+    metrics = {"fid": 4.0, "sfid": 5.0, "is": 30.0, "precision": 0.7, "recall": 0.6, "fd_testbed": 2.0,
+               "precision_testbed": 0.5, "recall_testbed": 0.4, "class_acc": 0.9}
+    config = {"run": {"method": "cfg", "model": "main", "omega": 1.5, "samples": 5, "precision": "bf16"}}
+    for i, run in enumerate(("a", "b")):
+        make_run(tmp_path / "runs", run, config, {**cost_of(10.0 + i, 50.0), "precision": "bf16"},
+                 {k: v + i for k, v in metrics.items()}, seed=i)
+    report = write_report(SUITE, tmp_path / "runs", tmp_path / "reports")
+    results = pd.read_csv(report.parent / "results.csv")
+    assert list(results["numerics"]) == ["bf16", "bf16"]
+    text = report.read_text()
+    for metric, value in metrics.items():
+        assert list(results[metric]) == [value, value + 1], metric
+        assert (report.parent / "figures" / f"pareto-{metric}-gflops.png").is_file(), metric
+        assert f"figures/pareto-{metric}-gflops.png" in text, metric
+    header = next(line for line in text.splitlines() if line.startswith("| run"))
+    for label in ("FID", "sFID", "IS", "Prec.", "Rec."):
+        assert f" {label}" in header, label

@@ -261,6 +261,19 @@ def test_retrained_checkpoint_at_the_same_path_stops_with_message(tmp_path, caps
     assert main(["generate", str(path), "--out", str(out), "--fresh"]) == 0
 
 
+def test_a_failed_load_does_not_pin_the_checkpoint(tmp_path, capsys):
+    ckpt = tmp_path / "w.safetensors"
+    ckpt.write_bytes(b"not weights")
+    path, out = write_suite(tmp_path, ckpt, samples=4), tmp_path / "runs"
+    assert main(["generate", str(path), "--out", str(out)]) == 2  # unreadable: no image made
+    assert json.loads((run_dir(out) / "manifest.json").read_text())["weights_sha256"] == {}
+    random_checkpoint(ckpt)  # the user fixes the file
+    capsys.readouterr()
+    assert main(["generate", str(path), "--out", str(out)]) == 0, capsys.readouterr().err
+    pinned = json.loads((run_dir(out) / "manifest.json").read_text())["weights_sha256"]
+    assert list(pinned) == ["main"] and len(pinned["main"]) == 64
+
+
 def test_more_samples_extends_fewer_stops(reference, tmp_path, capsys):
     path, out = copy_reference(reference, tmp_path)
     (result,) = generate_suite(load_suite(path, root=tmp_path, samples=14), runs_root=out, device="cpu")

@@ -285,3 +285,26 @@ def test_search_by_throughput_under_a_gpu_hour_budget(tiny_suite, tmp_path):
     spent = sum(n / rates[run] / 3600 for run, n in record["samples"].items())
     assert record["budget_spent"] == pytest.approx(spent) and spent < 1
     assert all(s["cost"] == -rates[s["run"]] for s in record["rungs"][0]["scores"])  # more img/s is better
+
+
+def test_search_checks_metric_with_plan_and_budget_before_writing_anything(tiny_suite, tmp_path, capsys):
+    assert main(["search", str(tiny_suite), "--plan", "--metric", "fid"]) == 2
+    assert "--metric fid: not among" in capsys.readouterr().err
+    assert main(["search", str(tiny_suite), "--out", str(tmp_path / "r"), "--budget", "19"]) == 2
+    assert "--budget 19" in capsys.readouterr().err
+    assert not list((tmp_path / "r").rglob("*.json"))  # no cost.json: refused before any work
+
+
+def test_fd_intervals_contain_their_point_and_asymmetric_ones_print_as_ranges():
+    from harness.metrics.evaluate import compute_metrics
+    from harness.report.formatting import fmt_interval
+
+    rng = np.random.default_rng(0)
+    for seed in range(5):  # a few images: the bootstrap's FDs all lie above the point
+        features = {"pool": rng.normal(size=(6, 4)) + seed}
+        out = compute_metrics(["fd_inception"], samples=lambda _, f=features: f,
+                              reference=lambda _: {"pool": rng.normal(size=(50, 4))}, bootstrap=50)
+        lo, hi = out["fd_inception_ci"]
+        assert lo <= out["fd_inception"] <= hi
+    assert fmt_interval(4.0, 3.8, 4.2) == "4.00 ± 0.2"
+    assert fmt_interval(4.0, 4.0, 6.0) == "4.00 [4, 6]"

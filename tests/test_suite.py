@@ -112,7 +112,21 @@ MALFORMED = [
     ("missing-name", edit('name = "t"\n', ""), ["[suite]", "'name'", "missing"]),
     ("duplicate-run-id", edit('name = "sg"', 'name = "cfg"'), ["run 'cfg'", "'name'", "unique"]),
     ("omega-on-none", edit('method = "cfg"', 'method = "none"'), ["run 'cfg'", "'omega'", "no weak branch"]),
+    ("unknown-metric", edit('metrics = ["fd_testbed"]', 'metrics = ["fd_testbed", "fidd"]'),
+     ["[suite]", "'metrics'", "unknown metric 'fidd'", "fid"]),
+    ("unknown-metric-lists-testbed", edit('metrics = ["fd_testbed"]', 'metrics = ["zzz"]'),
+     ["[suite]", "'metrics'", "fd_testbed", "precision_testbed", "class_acc", "geneval"]),
 ]
+
+
+@pytest.mark.parametrize("command", ["plan", "bench"])
+def test_an_unknown_metric_stops_plan_and_bench_before_any_work(command, tmp_path, capsys):
+    path = tmp_path / "s.toml"
+    path.write_text(edit('metrics = ["fd_testbed"]', 'metrics = ["fd_testbed", "nope"]'))
+    extra = ["--dry-run", "--root", str(tmp_path), "--out", str(tmp_path / "runs"), "--reports",
+             str(tmp_path / "rep")] * (command == "bench")
+    assert main([command, str(path), *extra]) == 2
+    assert "unknown metric 'nope'" in capsys.readouterr().err and sorted(tmp_path.iterdir()) == [path]
 
 
 @pytest.mark.parametrize("case, text, fragments", MALFORMED, ids=[c[0] for c in MALFORMED])

@@ -185,3 +185,36 @@ def test_a_scored_run_is_not_scored_again_until_its_shards_change(tmp_path):
     write_shard(tmp_path / "samples-000000.npz", coded_images(labels)[::-1].copy(), labels, np.arange(len(labels)))
     evaluate_prompt_run(tmp_path, ["geneval"], GENEVAL, options=options)
     assert len(calls) == 12
+
+
+def odd_geneval_folder(folder: Path) -> None:
+    """A GenEval folder of 2 prompts plus what `harness evaluate FOLDER` must not pass over in silence."""
+    from PIL import Image
+
+    prompts = PromptSet("p", ("a red cube", "two blue balls", "a cat"), tuple({"prompt": p, "tag": "single_object",
+                                                                              "include": []} for p in
+                                                                             ("a red cube", "two blue balls", "a cat")),
+                        1)
+    write_geneval(np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 1]), prompts, folder)
+    (folder / "00002").mkdir()  # a prompt folder without samples/
+    (folder / "00002" / "metadata.jsonl").write_text(json.dumps(prompts.metadata[2]))
+    Image.new("RGBA", (16, 16)).save(folder / "00001" / "samples" / "0001.png")  # another size and mode
+    (folder / "all").mkdir()  # the HPSv3 layout beside it
+    Image.new("RGB", (8, 8)).save(folder / "all" / "000000.png")
+    (folder / "all" / "000000.txt").write_text("a dog")
+
+
+def test_evaluate_folder_names_what_it_skips_and_strict_refuses(tmp_path, capsys):
+    folder, out = tmp_path / "gen", tmp_path / "scores"
+    odd_geneval_folder(folder)
+    args = ["evaluate", str(folder), "--dry-run", "--metrics", "clip_score", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr()
+    warnings = json.loads((out / "metrics.json").read_text())["folder_warnings"]
+    for text in (printed.err, "\n".join(warnings)):
+        assert "1 prompt folder(s) without samples/, skipped: 00002" in text
+        assert "HPSv3's layout too" in text and "all" in text
+        assert "2 image sizes: 8x8 (2), 16x16 (1)" in text and "1 image(s) not RGB (RGBA), converted" in text
+    assert main([*args, "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert "--strict" in err and "00002" in err and str(folder) in err

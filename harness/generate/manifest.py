@@ -52,11 +52,12 @@ def weights_fingerprint(run: Run) -> dict[str, str]:
             if spec.checkpoint and Path(spec.checkpoint).is_file()}
 
 
-def make_manifest(run: Run, env: dict[str, Any], dry_run: bool, complete: bool) -> dict[str, Any]:
-    """manifest.json of a run: its resolved config and hash, the checkpoints' sha256, the environment, and whether
-    all shards exist."""
+def make_manifest(run: Run, run_dir: Path, env: dict[str, Any], dry_run: bool, complete: bool) -> dict[str, Any]:
+    """manifest.json of a run: its resolved config and hash, the checkpoints' sha256 (pinned once a shard exists:
+    a checkpoint that failed to load pins nothing), the environment, and whether all shards exist."""
+    pinned = not dry_run and any(run_dir.glob(SHARD_GLOB))
     return {"run": run.run_id, "suite": run.suite, "config": run.config, "config_hash": run.config_hash,
-            "weights_sha256": {} if dry_run else weights_fingerprint(run), **env, "dry_run": dry_run,
+            "weights_sha256": weights_fingerprint(run) if pinned else {}, **env, "dry_run": dry_run,
             "complete": complete}
 
 

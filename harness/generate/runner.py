@@ -177,7 +177,7 @@ def run_batches(run: Run, run_dir: Path, cache: ModelCache, env: dict[str, Any],
             distributed.print0(f"{run.run_id}: samples increased to {run.samples}; keeping the existing images")
             for stale in (run_dir / METRICS_FILE, run_dir / ADM_NPZ):
                 stale.unlink(missing_ok=True)
-        write_json(run_dir / RUN_MANIFEST, make_manifest(run, env, dry_run, complete=False))
+        write_json(run_dir / RUN_MANIFEST, make_manifest(run, run_dir, env, dry_run, complete=False))
     distributed.barrier()
 
     models = cache.run_models(run, run_dir.parent)
@@ -202,6 +202,8 @@ def run_batches(run: Run, run_dir: Path, cache: ModelCache, env: dict[str, Any],
                                            decode=_finite_check(run.run_id, s, decode), timing=timing)
         peak_mb = max(peak_mb, peak_memory_mb(device))
         write_shard(shard_path(run_dir, s.start), images, used_labels, np.arange(s.start, s.stop))
+        if distributed.is_main() and not batches and not kept:  # the run's first shard: pin its checkpoints now
+            write_json(run_dir / RUN_MANIFEST, make_manifest(run, run_dir, env, dry_run, complete=False))
         batches.append(timing)
         bar.update(len(s))
         yield
@@ -214,7 +216,7 @@ def run_batches(run: Run, run_dir: Path, cache: ModelCache, env: dict[str, Any],
         complete = all(shard_path(run_dir, s.start).is_file() for s in plan_shards(run.samples, run.batch_size))
         if adm_npz and complete:
             write_adm_npz(run_dir, run.samples)
-        write_json(run_dir / RUN_MANIFEST, make_manifest(run, env, dry_run, complete=complete))
+        write_json(run_dir / RUN_MANIFEST, make_manifest(run, run_dir, env, dry_run, complete=complete))
     return RunResult(run.run_id, run_dir, sum(len(s) for s in todo), kept, sum(b["total"] for b in batches))
 
 

@@ -193,15 +193,18 @@ def compute_metrics(
             ref_stats = (reference_stats or {}).get(spec.feature) if precomputed else None
             sam_stats = (sample_stats or {}).get(spec.feature) if precomputed else None
             ref_stats = ref_stats or gaussian_stats(reference(spec.extractor)[spec.feature])
+            features, resamples = None, 0
             if sam_stats is None:
                 features = samples(spec.extractor)[spec.feature]
                 sam_stats = gaussian_stats(features)
                 resamples = bootstrap if features.shape[1] <= 512 else min(bootstrap, BOOTSTRAP_RESAMPLES_LARGE)
-                if resamples >= 2 and len(features) >= 2:
-                    lo, hi = bootstrap_fd(features, ref_stats.mu, ref_stats.sigma, n_boot=resamples)
-                    results[f"{spec.name}_ci"] = [lo, hi]
             # ADM's order: sample statistics first
             results[spec.name] = frechet_distance(sam_stats, ref_stats)
+            if resamples >= 2 and len(features) >= 2:
+                lo, hi = bootstrap_fd(features, ref_stats.mu, ref_stats.sigma, n_boot=resamples)
+                # resampled FDs are biased upwards: with few images all may exceed the point, which the
+                # interval must still hold
+                results[f"{spec.name}_ci"] = [min(lo, results[spec.name]), max(hi, results[spec.name])]
         elif spec.kind == "is":
             results[spec.name] = inception_score(samples(spec.extractor)[spec.feature])
         elif spec.kind in ("precision", "recall"):

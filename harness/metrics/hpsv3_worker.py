@@ -53,6 +53,8 @@ def _hpsv3_backend(args, device):
     import torch
 
     inferencer = HPSv3RewardInferencer(config_path=config_path, checkpoint_path=args.checkpoint, device=device)
+    if device == "cpu":
+        cast_head_input(inferencer.model)
 
     def score(image_paths, prompts):
         with torch.no_grad():
@@ -106,6 +108,19 @@ def _tiny_backend(args, device):
     return score, "torch.float32"
 
 
+def cast_head_input(model):
+    """Feed the float32 score head (`rm_head`) float32 on any device: upstream casts under torch.autocast("cuda"),
+    which leaves CPU tensors bf16 ("mat1 and mat2 must have the same dtype")."""
+    import torch
+
+    head_dtype = next(model.rm_head.parameters()).dtype
+
+    def cast(_module, inputs):
+        return tuple(x.to(head_dtype) if torch.is_tensor(x) and x.is_floating_point() else x for x in inputs)
+
+    return model.rm_head.register_forward_pre_hook(cast)
+
+
 BACKENDS = {"hpsv3": _hpsv3_backend, "tiny": _tiny_backend}
 
 
@@ -118,8 +133,8 @@ def _device(args) -> str:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and args.backend == "hpsv3" and not args.force_cpu:
-        raise WorkerError("HPSv3 (a 7B Qwen2-VL in bf16) needs a GPU and none is available; pass --force-cpu "
-                          "(hpsv3_force_cpu) to run it on the CPU anyway (hours per thousand images)")
+        raise WorkerError("HPSv3 (a 7B Qwen2-VL in bf16) needs a GPU and none is available here; score on a machine "
+                          "with one (the worker's own --force-cpu scores on the CPU: hours per thousand images)")
     return device
 
 
@@ -134,6 +149,10 @@ def serve(args, stdin, stdout) -> int:
         score, dtype = BACKENDS[args.backend](args, device)
     except WorkerError as error:
         send({"error": str(error)})
+        return 2
+    except Exception as error:  # noqa: BLE001 - any start-up failure reaches the client as its message
+        traceback.print_exc(file=sys.stderr)
+        send({"error": f"{type(error).__name__}: {error}"})
         return 2
     send({"ready": True, "backend": args.backend, "device": device, "dtype": dtype})
     for line in stdin:

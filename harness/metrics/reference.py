@@ -102,10 +102,13 @@ def read_reference_stats(path: str | os.PathLike) -> dict[str, GaussianStats]:
     sigma_s); empty when the file has none, in which case ADM computes them from arr_0."""
     keys = set(npz_keys(path))
     stats = {}
-    with np.load(path) as data:
+    with np.load(path, allow_pickle=False) as data:
         for feature, (mu, sigma) in STAT_KEYS.items():
             if mu in keys and sigma in keys:
-                stats[feature] = GaussianStats(data[mu].astype(np.float64), data[sigma].astype(np.float64))
+                try:
+                    stats[feature] = GaussianStats(data[mu].astype(np.float64), data[sigma].astype(np.float64))
+                except (ValueError, TypeError) as err:
+                    raise HarnessError(f"{path}: {mu} / {sigma} are not Gaussian statistics ({err})") from err
     return stats
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import torch
 from harness import registry
 from harness.errors import HarnessError
 from harness.prompts.layouts import (
-    READERS, Sample, detect_layout, geneval_name, hpsv3_name, per_prompt_positions, write_hpsv3,
+    READERS, Sample, detect_layout, folder_problems, geneval_name, hpsv3_name, per_prompt_positions, write_hpsv3,
 )
 from harness.prompts.sets import PromptSet
 
@@ -219,7 +220,7 @@ def _stamp(run_dir: Path, prompts: PromptSet, options: Mapping[str, Any]) -> str
     from harness.metrics.evaluate import list_shards
 
     shards = ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in list_shards(run_dir))
-    return json.dumps([shards, prompts.digest, sorted((k, repr(v)) for k, v in options.items())])
+    return json.dumps([shards, prompts.digest, sorted((k, repr(v)) for k, v in options.items() if k != "root")])
 
 
 def evaluate_prompt_run(run_dir: Path, names: Sequence[str], prompts: PromptSet, device: torch.device | str = "cpu",
@@ -243,9 +244,10 @@ def evaluate_prompt_run(run_dir: Path, names: Sequence[str], prompts: PromptSet,
 
 def evaluate_folder(folder: Path, names: Sequence[str], out_dir: Path | None = None,
                     device: torch.device | str = "cpu",
-                    options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+                    options: Mapping[str, Mapping[str, Any]] | None = None, strict: bool = False) -> dict[str, Any]:
     """The metrics of a folder in GenEval's or HPSv3's layout written by any generator (results go to `out_dir`,
-    default the folder itself)."""
+    default the folder itself). What it skips or finds odd is printed and kept as `folder_warnings`; with `strict`
+    it stops before scoring instead."""
     folder = Path(folder)
     layout = detect_layout(folder)
     unknown = [n for n in names if n not in SCORERS]
@@ -254,8 +256,16 @@ def evaluate_folder(folder: Path, names: Sequence[str], out_dir: Path | None = N
     if "geneval" in names and layout != "geneval":
         raise HarnessError(f"{folder}: geneval needs GenEval's layout (<index:05>/metadata.jsonl), found {layout}'s")
     prompts, samples = READERS[layout](folder)
-    return score(names, samples, prompts, out_dir or folder, device, options,
-                 hpsv3_folder=folder if layout == "hpsv3" else None)
+    problems = folder_problems(folder, layout, samples)
+    if problems and strict:
+        raise HarnessError(f"{folder}: {'; '.join(problems)} (--strict)")
+    for problem in problems:
+        print(f"warning: {folder}: {problem}", file=sys.stderr)
+    results = score(names, samples, prompts, out_dir or folder, device, options,
+                    hpsv3_folder=folder if layout == "hpsv3" else None)
+    if problems:
+        _merge_metrics(Path(out_dir or folder) / METRICS_FILE, {"folder_warnings": problems})
+    return results
 
 
 def is_prompt_metric(name: str) -> bool:

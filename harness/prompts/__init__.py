@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.prompts.files import read_prompt_file
+from harness.errors import HarnessError
+from harness.prompts.files import SUFFIXES, read_prompt_file
 from harness.prompts.geneval import IMAGES_PER_PROMPT as geneval_ipp
 from harness.prompts.geneval import geneval_prompts
 from harness.prompts.hpsv3 import IMAGES_PER_PROMPT as hpsv3_ipp
@@ -42,6 +43,9 @@ def load_prompts(spec: str, root: str | Path | None = None) -> PromptSet:
     """The prompt set a suite names: a built-in set, else a .txt / .jsonl file (relative to `root`)."""
     if spec in PROMPT_SETS:
         return PROMPT_SETS[spec](Path(root) if root is not None else None)
+    if Path(spec).suffix not in SUFFIXES:
+        raise HarnessError(f"unknown prompt set {spec!r}: neither a built-in set ({', '.join(PROMPT_SETS)}) nor a "
+                           f"prompt file ({' or '.join(SUFFIXES)})")
     return read_prompt_file(resolve_prompts(spec, root))
 
 

@@ -8,10 +8,11 @@ HarnessError naming the file and line.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, shorten
 from harness.prompts.sets import PromptSet
 
 SUFFIXES = (".txt", ".jsonl")
@@ -37,7 +38,7 @@ def _jsonl_entry(path: Path, number: int, line: str) -> tuple[str, dict[str, Any
                            f"{type(entry).__name__}")
     prompt = entry.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
-        raise HarnessError(f"{path}: line {number}: field 'prompt' must be a non-empty string, got {prompt!r}")
+        raise HarnessError(f"{path}: line {number}: field 'prompt' must be a non-empty string, got {shorten(prompt)}")
     return prompt, entry
 
 
@@ -55,6 +56,9 @@ def read_prompt_file(path: str | Path) -> PromptSet:
             prompt, meta = _jsonl_entry(path, number, line)
         else:
             prompt, meta = line.strip(), {"prompt": line.strip()}
+        if prompt in prompts:
+            print(f"warning: {path}: line {number} repeats line {prompts.index(prompt) + 1} ({shorten(prompt)}); "
+                  "both are kept", file=sys.stderr)
         prompts.append(prompt)
         metadata.append(meta)
     if len(prompts) < 2:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,6 +171,41 @@ def detect_layout(folder: Path) -> str:
 
 
 READERS = {"geneval": read_geneval, "hpsv3": read_hpsv3}
+
+
+def folder_problems(folder: Path, layout: str, samples: Sequence[Sample]) -> list[str]:
+    """What scoring `folder` as `layout` skips or finds odd: prompt folders without samples, the other layout's
+    folders, images of several sizes or not in RGB (read from their headers)."""
+    folder = Path(folder)
+    subs = sorted(p for p in folder.iterdir() if p.is_dir())
+    problems = []
+    numbered = [p for p in subs if p.name.isdigit() and (p / "metadata.jsonl").is_file()]
+    if layout == "geneval":
+        empty = [p.name for p in numbered if not any((p / "samples").glob("*.png"))]
+        if empty:
+            problems.append(f"{len(empty)} prompt folder(s) without samples/, skipped: {', '.join(empty[:10])}"
+                            + (", ..." if len(empty) > 10 else ""))
+        other = [p.name for p in subs if p not in numbered and next(p.rglob("*.txt"), None) is not None]
+        if other:
+            problems.append(f"it holds HPSv3's layout too, not scored: {', '.join(other[:10])}")
+    elif numbered:
+        problems.append(f"it holds GenEval's layout too, not scored: {', '.join(p.name for p in numbered[:10])}")
+    sizes: dict[tuple[int, int], int] = {}
+    modes: dict[str, int] = {}
+    for sample in samples:
+        try:
+            with Image.open(folder / sample.filename) as image:
+                sizes[image.size] = sizes.get(image.size, 0) + 1
+                if image.mode != "RGB":
+                    modes[image.mode] = modes.get(image.mode, 0) + 1
+        except OSError as err:
+            raise HarnessError(f"{folder / sample.filename}: unreadable image ({err})") from err
+    if len(sizes) > 1:
+        counts = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sorted(sizes.items()))
+        problems.append(f"{len(sizes)} image sizes: {counts}")
+    if modes:
+        problems.append(f"{sum(modes.values())} image(s) not RGB ({', '.join(sorted(modes))}), converted")
+    return problems
 
 
 def iter_images(samples: Iterable[Sample]) -> Iterator[np.ndarray]:

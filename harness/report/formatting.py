@@ -81,6 +81,16 @@ def fmt_value(value: Any, half: float = math.nan) -> str:
     return f"{text} ± {half:.2g}"
 
 
+def fmt_interval(value: Any, lo: float, hi: float) -> str:
+    """A measured value with its interval: ± half its width when it is symmetric about the value (within a tenth of
+    its width), else [lo, hi]."""
+    if fmt_number(value) == MISSING or not hi > lo:
+        return fmt_number(value)
+    if abs((value - lo) - (hi - value)) <= 0.1 * (hi - lo):
+        return fmt_value(value, (hi - lo) / 2.0)
+    return f"{fmt_number(value)} [{lo:.3g}, {hi:.3g}]"
+
+
 def fmt_delta(value: Any) -> str:
     """A signed difference (measured minus reported); missing when either side is."""
     text = fmt_number(value)

@@ -14,12 +14,14 @@ from matplotlib.image import imsave
 
 from harness.errors import HarnessError
 from harness.report.baselines import PaperMap, baseline_points, paper_map_from_manifests
-from harness.report.formatting import MISSING, arrow, display_name, fmt_context, fmt_number, fmt_value, markdown_table
+from harness.report.formatting import (
+    MISSING, arrow, display_name, fmt_context, fmt_interval, fmt_number, fmt_value, markdown_table,
+)
 from harness.report.paper_tables import write_paper_tables
 from harness.report.pareto import pareto_figures
 from harness.report.results import NOISY_SPREAD, collect_results, metric_columns, read_manifests, shard_paths
 from harness.report.search_front import SEARCH_FILE, read_search, search_section
-from harness.report.uncertainty import half_width, tied_with_best
+from harness.report.uncertainty import interval, tied_with_best
 
 GRID_IMAGES = 16
 RESULT_COLUMNS = ["run", "method", "model", "gamma_strong", "gamma_weak", "omega", "nfe", "samples", "gflops",
@@ -103,10 +105,11 @@ def results_table(df: pd.DataFrame) -> str:
         table[f"{display_name(column)}{arrow(column)}"] = cells
     for metric in metric_columns(df):
         best = tied_with_best(df, metric)
-        cells = [fmt_value(row[metric], half_width(row, metric)) for _, row in df.iterrows()]
+        cells = [fmt_interval(row[metric], *interval(row, metric)) for _, row in df.iterrows()]
         table[f"{display_name(metric)}{arrow(metric)}"] = [f"**{c}**" if b else c for c, b in zip(cells, best)]
     note = ("Bold: the best run on a metric, and every run whose interval overlaps the best's "
-            "(not called worse). ± is half the bootstrap interval where metrics.json has one. img/s: median over "
+            "(not called worse). ± is half the bootstrap interval where metrics.json has one ([lo, hi] where it is "
+            "not symmetric). img/s: median over "
             "the generation's timed batches (the first batch of each run warms up) ± half their interquartile "
             f"range, marked *noisy* where that range exceeds {NOISY_SPREAD:.0%} of the median; util.: GFLOP/s "
             "reached (`gflops` x steps x img/s) over a matmul calibration of the same device (`cost.json`).")

@@ -18,7 +18,8 @@ RUN_COLUMNS = [
     "suite", "run", "model", "method", "gamma_strong", "gamma_weak", "omega", "steps", "nfe", "samples",
     "gflops", "gflops_full", "tflops_image", "img_per_s", "device",
 ]
-TEXT_COLUMNS = ["suite", "run", "model", "method", "device", "precision", "throughput_source"]
+# `numerics` is the run's precision setting (fp32 / tf32 / bf16): `precision` is ADM's metric
+TEXT_COLUMNS = ["suite", "run", "model", "method", "device", "numerics", "throughput_source"]
 GAMMA_COLUMNS = ["gamma_strong", "gamma_weak"]
 # Cost columns and whether a larger value is better (throughput) or worse (compute, time, memory).
 COST_HIGHER_IS_BETTER = {
@@ -190,7 +191,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         "device": cost.get("device") or manifest.get("device"),
     }
     row.update(cost_fields(cost, run_dir / "cost.json"))
-    row["precision"] = config_value(config, "precision") or cost.get("precision") or "fp32"
+    row["numerics"] = config_value(config, "precision") or cost.get("precision") or "fp32"
     if cost.get("throughput_source"):
         row["throughput_source"] = cost["throughput_source"]
     row.update(metric_fields(metrics, metrics_path))

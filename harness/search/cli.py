@@ -21,7 +21,7 @@ def add_search_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument("suite", help="suite TOML file, e.g. suites/testbed_search.toml")
     parser.add_argument("--budget", default=DEFAULT_BUDGET,
                         help="what the search may spend: samples (8000), a share of the full grid's samples (25%%) "
-                             f"or GPU-hours (2.5h, from measured img/s); default {DEFAULT_BUDGET}")
+                             "or GPU-hours (2.5h, from measured img/s); default " + DEFAULT_BUDGET.replace("%", "%%"))
     parser.add_argument("--metric", help="quality axis: a metric of the suite (default: fid if measured, else the "
                                          "suite's first metric)")
     parser.add_argument("--cost", default="gflops", choices=("gflops", "gflops_full", "tflops_image", "nfe",
@@ -117,11 +117,12 @@ def format_search_plan(runs, rungs: tuple[int, ...], budget_text: str) -> str:
 def main_search(args: argparse.Namespace) -> int:
     """Run `harness search`: the plan, or the search, its results table, search.json and report."""
     from harness import distributed
-    from harness.search.loop import SearchOptions, default_metric, run_search
+    from harness.search.loop import SearchOptions, check_axes, default_metric, run_search
 
     suite, runs, dry = _load(args)
     samples = runs[0].samples
     rungs = _rungs(args, suite, samples)
+    check_axes(suite, runs, args.metric or default_metric(suite), args.cost)
     if args.plan:
         print(format_search_plan(runs, rungs, args.budget))
         return 0

@@ -192,6 +192,8 @@ def run_search(suite: Suite, runs: Sequence[Run], options: SearchOptions, dry=No
     cache = ModelCache(dev, options.dry_run, dry.vae_config if dry is not None else None, suite.root)
     path = options.runs_root / suite.name / SEARCH_FILE
     budget = parse_budget(options.budget, full_grid_samples(runs))
+    if budget.unit == "samples":  # priced without cost.json: refuse before anything is written
+        check_budget(runs, {r.run_id: {} for r in runs}, budget, options.rungs)
     by_id = {r.run_id: r for r in runs}
     if distributed.is_main():
         if options.fresh:  # before cost.json is written into the run folders

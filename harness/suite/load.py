@@ -134,6 +134,7 @@ def load_suite(path: str | Path, root: str | Path | None = None, samples: int | 
         raise where.from_validation(err) from None
     if samples is not None and samples < 1:
         raise HarnessError(f"--samples {samples}: must be >= 1")
+    _check_metrics(doc.suite.metrics, where)
     models = {key: _model_spec(key, table, root, where) for key, table in doc.models.items()}
     prompts = _check_prompts(doc, models, root, samples, where)
     try:
@@ -157,6 +158,17 @@ def load_suite(path: str | Path, root: str | Path | None = None, samples: int | 
                  images_per_prompt=prompts.per_prompt)
 
 
+def _check_metrics(names: list[str], where: _Where) -> None:
+    """Stop at the first metric that no module defines, listing every known one (the testbed's included)."""
+    from harness import metrics
+
+    metrics._load_plugin("testbed")  # its fd_/precision_/recall_testbed and class_acc belong in the list
+    known = sorted(metrics.METRICS)
+    for name in names:
+        if name not in metrics.METRICS:
+            raise where.error("[suite]", "metrics", f"unknown metric {name!r}; known: {', '.join(known)}")
+
+
 @dataclass(frozen=True)
 class _Prompts:
     """A suite's prompt set as its runs store it (None: class labels), images per prompt, the suite's sample count,
@@ -175,7 +187,8 @@ def _check_prompts(doc: SuiteFile, models: dict[str, ModelSpec], root: Path, sam
     any work. A prompt suite without `samples` takes every prompt's images (0 while HPSv3's prompt files are
     missing: generation stops at the asset check first)."""
     from harness.models.text_encoders import TEXT_ENCODERS
-    from harness.prompts import default_images_per_prompt, load_prompts, resolve_prompts
+    from harness.prompts import PROMPT_SETS, default_images_per_prompt, load_prompts, resolve_prompts
+    from harness.prompts.files import SUFFIXES
 
     s = doc.suite
     for key, table in doc.models.items():
@@ -198,6 +211,9 @@ def _check_prompts(doc: SuiteFile, models: dict[str, ModelSpec], root: Path, sam
         if doc.models[key].text_encoder is None:
             raise where.error(f"[models.{key}]", "text_encoder", "a prompt suite's models need a text encoder "
                                                                  "(e.g. text_encoder = \"random\" for tests)")
+    if s.prompts not in PROMPT_SETS and Path(s.prompts).suffix not in SUFFIXES:
+        raise where.error("[suite]", "prompts", f"unknown prompt set {s.prompts!r}: neither a built-in set "
+                                                f"({', '.join(PROMPT_SETS)}) nor a prompt file ({' or '.join(SUFFIXES)})")
     prompts = resolve_prompts(s.prompts, root)
     per_prompt = s.images_per_prompt or default_images_per_prompt(s.prompts)
     try:

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, shorten
 from harness.testbed import scenes
 
 VOCAB = ("<pad>", "<s>", "a", "photo", "of", "and", "left", "right", "above", "below",
@@ -31,11 +31,11 @@ def tokenize(prompts: Sequence[str], max_len: int = MAX_LEN) -> tuple[torch.Tens
     for p, prompt in enumerate(prompts):
         words = ["<s>", *prompt.lower().split()]
         if len(words) > max_len:
-            raise HarnessError(f"prompt {prompt!r} has {len(words) - 1} words; the testbed encoder takes at most "
+            raise HarnessError(f"prompt {shorten(prompt)} has {len(words) - 1} words; the testbed encoder takes at most "
                                f"{max_len - 1}")
         unknown = [w for w in words if w not in index]
         if unknown:
-            raise HarnessError(f"prompt {prompt!r}: word(s) {unknown} are not in the testbed's vocabulary "
+            raise HarnessError(f"prompt {shorten(prompt)}: word(s) {shorten(unknown)} are not in the testbed's vocabulary "
                                f"({', '.join(VOCAB[2:])})")
         ids[p, : len(words)] = torch.tensor([index[w] for w in words])
     return ids, ids != 0
