@@ -14,6 +14,7 @@ from matplotlib.image import imsave
 
 from harness.errors import HarnessError
 from harness.report.baselines import PaperMap, baseline_points, paper_map_from_manifests
+from harness.report.html_page import write_html_report
 from harness.report.formatting import MISSING, arrow, display_name, fmt_context, fmt_number, fmt_value, markdown_table
 from harness.report.paper_tables import write_paper_tables
 from harness.report.pareto import pareto_figures
@@ -175,4 +176,5 @@ def write_report(suite_name: str, runs_dir: str | Path = "runs", reports_dir: st
                 pareto_section(figures, out), paper_section(tables_md), samples_section(grids, out)]
     path = out / "report.md"
     path.write_text("\n\n".join(s for s in sections if s) + "\n")
+    write_html_report(suite_name, df, manifests, out, search, paper_map if tables_md is not None else None)
     return path
