@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from harness.report import write_report
-from tests.html_report_fixture import synth_suite
+from html_report_fixture import synth_suite
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -87,12 +87,14 @@ def test_page_in_a_browser(report: Path, browser, tmp_path: Path) -> None:
     page.locator("#front").scroll_into_view_if_needed()
     expected = page.evaluate("document.getElementById('front-plot').data[0].customdata[0]")
     point = page.locator("#front-plot .scatterlayer .trace").first.locator(".point").first
-    point.hover()
+    box = point.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)  # plotly's drag layer takes the pointer: hover by position
     page.wait_for_selector("#front-plot .hoverlayer .hovertext")
-    assert expected in page.inner_text("#front-plot .hoverlayer")
+    assert expected in page.text_content("#front-plot .hoverlayer")
     page.screenshot(path=str(report / "screenshot.png"), full_page=True)
     shutil.copy(report / "screenshot.png", tmp_path / "screenshot.png")
-    point.click()
+    page.mouse.click(x, y)
     page.wait_for_selector("#panel:not([hidden])")
     assert expected in page.inner_text("#panel-body")
     page.click("#panel-close")
