@@ -145,6 +145,9 @@ def write_html_report(suite_name: str, df: pd.DataFrame, manifests: Mapping[str,
     metrics = [m for m in metric_columns(df) if any(k.startswith(f"{m}|") for k in figures)]
     data = {"suite": suite_name, "runs": [str(r) for r in df["run"]], "figures": figures, "metrics": metrics,
             "costs": [c for c in COSTS if any(k.endswith(f"|{c}") for k in figures)],
+            "labels": {str(r["run"]): f"{r['method']}, γs {fmt_context(r['gamma_strong'])}, "
+                                      f"γw {fmt_context(r['gamma_weak'])}, ω {fmt_context(r['omega'])}"
+                       for _, r in df.iterrows()},
             "names": {c: display_name(c) for c in list(metrics) + list(COSTS)} | {"sec_per_image": "s/image"},
             "records": {r["run"]: r | {"batch_figure": batch_figure(r.pop("batches"))} for r in records}}
     rungs = ""

@@ -44,9 +44,7 @@ function rowLabel(key, runs) {
   return "prompt " + key.slice(1) + (text ? ": " + text : "");
 }
 function colLabel(run) {
-  const c = (DATA.records[run].config || {}).run || {};
-  const g = (v) => (v === null || v === undefined) ? "—" : (typeof v === "object" ? JSON.stringify(v) : v);
-  return `<b>${esc(run)}</b><br>${esc(c.method || "?")}, γs ${esc(g(c.gamma_strong))}, γw ${esc(g(c.gamma_weak))}, ω ${esc(g(c.omega))}`;
+  return `<b>${esc(run)}</b><br>${esc(DATA.labels[run] || "")}`;
 }
 function drawCompare() {
   const runs = chosen(), grid = $("compare-grid"), per = Number($("per-page").value), zoom = Number($("zoom").value);
