@@ -15,6 +15,7 @@ import pandas as pd
 from harness.report.formatting import arrow, display_name, fmt_context, fmt_number, fmt_value
 from harness.report.html_data import run_record, seed_groups
 from harness.report.html_figures import COSTS, batch_figure, front_figures
+from harness.report.labelled_grids import write_labelled_grids
 from harness.report.results import metric_columns
 from harness.report.uncertainty import half_width
 
@@ -138,7 +139,7 @@ def clean(value: Any) -> Any:
 
 def write_html_report(suite_name: str, df: pd.DataFrame, manifests: Mapping[str, tuple[Path, Mapping[str, Any]]],
                       out: Path, search: dict[str, Any] | None = None, paper_map: Any = None) -> Path:
-    """Write out/index.html (with plotly.min.js and images/ beside it) for a suite's results; returns its path."""
+    """Write out/index.html (with plotly.min.js, images/ and labelled sample grids beside it); returns its path."""
     out.mkdir(parents=True, exist_ok=True)
     records = [run_record(run, run_dir, out) for run, (run_dir, _) in sorted(manifests.items())]
     figures = front_figures(df, search)
@@ -162,6 +163,7 @@ def write_html_report(suite_name: str, df: pd.DataFrame, manifests: Mapping[str,
             .replace("{{tables}}", tables).replace("{{data}}", json_script(clean(data)))
             .replace("{{script}}", asset("report.js")))
     write_plotly(out)
+    write_labelled_grids(df, {run: run_dir for run, (run_dir, _) in manifests.items()}, out / "samples")
     path = out / "index.html"
     path.write_text(page)
     return path
