@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -38,6 +39,22 @@ def test_page_is_deterministic(report: Path, tmp_path: Path) -> None:
     synth_suite(tmp_path / "runs")
     write_report("tiny", tmp_path / "runs", tmp_path / "reports")
     assert (tmp_path / "reports" / "tiny" / "index.html").read_text() == (report / "index.html").read_text()
+
+
+def test_search_suite_shows_pruned_points_and_rungs(tmp_path: Path) -> None:
+    synth_suite(tmp_path / "runs", broken=False)
+    evaluations = [{"run": r, "metrics": {"fd_testbed": 30.0 - i, "fd_testbed_ci": [29.0 - i, 31.0 - i]}}
+                   for i, r in enumerate(["cfg-omega2", "sg-omega2", "cfg_sg"])]
+    record = {"suite": "tiny", "metric": "fd_testbed", "cost": "gflops", "front": ["cfg_sg"], "samples": 16,
+              "samples_spent": 40, "samples_full_grid": 48, "rung_samples": [8, 16], "budget": {"text": "48"},
+              "complete": True, "rungs": [{"samples": 8, "scores": {}, "promoted": ["sg-omega2", "cfg_sg"],
+                                           "evaluations": evaluations},
+                                          {"samples": 16, "scores": {}, "promoted": [],
+                                           "evaluations": evaluations[1:]}]}
+    (tmp_path / "runs" / "tiny" / "search.json").write_text(json.dumps(record))
+    write_report("tiny", tmp_path / "runs", tmp_path / "reports")
+    page = (tmp_path / "reports" / "tiny" / "index.html").read_text()
+    assert "pruned at 8 samples" in page and "Search rungs" in page
 
 
 @pytest.fixture(scope="module")

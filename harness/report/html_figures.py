@@ -87,7 +87,7 @@ def front_figures(df: pd.DataFrame, search: dict[str, Any] | None) -> dict[str, 
     colours = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(sorted(set(data["method"].astype(str))))}
     figures = {}
     for metric in metric_columns(df):
-        if column_direction(metric) is None:
+        if column_direction(metric) is None or metric.endswith(("_images", "_prompts")):  # counts, not scores
             continue
         for cost in COSTS:
             if cost in data and (pd.to_numeric(data[metric], errors="coerce").notna()

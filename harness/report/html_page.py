@@ -23,6 +23,7 @@ PLOTLY_FILE = "plotly.min.js"
 RUN_COLUMNS = ["run", "method", "model", "gamma_strong", "gamma_weak", "omega", "samples", "gflops", "gflops_full",
                "tflops_image", "img_per_s", "peak_mem_mb"]
 FAMILIES = ("geneval_testbed", "geneval", "hpsv3")  # metrics with per-task / per-category columns
+COUNT_SUFFIXES = ("_images", "_prompts")  # how many images / prompts a score covers, not a task
 
 
 def sort_key(value: Any) -> str:
@@ -57,13 +58,13 @@ def results_table(df: pd.DataFrame) -> str:
 
 def family_tables(df: pd.DataFrame) -> str:
     """GenEval per task and HPSv3 per category (each with its interval), where the results have them."""
-    parts, used = [], set()
+    parts = []
     for family in FAMILIES:
-        subs = [c for c in metric_columns(df) if c.startswith(f"{family}_") and c not in used
-                and not any(c.startswith(f"{f}_") for f in FAMILIES if f != family and f.startswith(family))]
+        longer = [f for f in FAMILIES if f != family and f.startswith(f"{family}_")]
+        subs = [c for c in metric_columns(df) if c.startswith(f"{family}_") and c not in FAMILIES
+                and not c.endswith(COUNT_SUFFIXES) and not any(c.startswith(f"{f}_") for f in longer)]
         if not subs:
             continue
-        used.update(subs)
         heads = [family] if family in df.columns else []
         rows = [[(str(r["run"]), str(r["run"]))] + [(fmt_value(r[c], half_width(r, c)), sort_key(r[c]))
                                                    for c in heads + subs] for _, r in df.iterrows()]
