@@ -88,9 +88,8 @@ def write_compare_images(run: str, run_dir: Path, config: Mapping[str, Any], out
     folder.mkdir(parents=True, exist_ok=True)
     keyed: dict[str, list[str]] = {}
     for image, index in zip(images, indices):
-        path = folder / f"{int(index):06d}.png"
-        if not path.is_file():
-            imsave(path, image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
+        path = folder / f"{int(index):06d}.png"  # rewritten every time: a regenerated run must not show old images
+        imsave(path, image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
         key = f"p{int(index) // per}" if texts is not None else f"s{seed + int(index)}"
         keyed.setdefault(key, []).append(path.relative_to(out).as_posix())
     return keyed, None

@@ -158,7 +158,10 @@ def write_html_report(suite_name: str, df: pd.DataFrame, manifests: Mapping[str,
             ["rung", "samples per point", "points", "promoted"],
             [[(str(i + 1), str(i + 1)), (str(r["samples"]), str(r["samples"])), (str(len(r["scores"])),) * 2,
               (str(len(r["promoted"])),) * 2] for i, r in enumerate(search["rungs"])])
-    tables = (results_table(df) + family_tables(df) + spread_table(df, seed_groups(records)) + rungs
+    missing = "".join(f"<li><b>{html.escape(r['run'])}</b>: {html.escape('; '.join(r['missing']))}</li>"
+                      for r in records if r["missing"])
+    tables = ((f'<div class="missing">Missing from run folders:<ul>{missing}</ul></div>' if missing else "")
+              + results_table(df) + family_tables(df) + spread_table(df, seed_groups(records)) + rungs
               + (paper_tables(df, paper_map) if paper_map is not None else ""))
     page = (asset("page.html").replace("{{suite}}", html.escape(suite_name)).replace("{{style}}", asset("report.css"))
             .replace("{{tables}}", tables).replace("{{data}}", json_script(clean(data)))

@@ -118,7 +118,7 @@ function openRun(run) {
   const pre = (obj) => obj ? `<pre>${esc(JSON.stringify(obj, null, 2))}</pre>` : '<p class="missing">missing</p>';
   $("panel-body").innerHTML = `<h2>${esc(run)}</h2>` +
     (r.missing.length ? `<p class="missing">Missing: ${r.missing.map(esc).join("; ")}</p>` : "") +
-    "<h3>Cost</h3><table>" + costRows.map(([k, v]) => `<tr><td>${esc(k)}</td><td>${v === undefined || v === null ? "—" : esc(v)}</td></tr>`).join("") + "</table>" +
+    "<h3>Cost</h3><table>" + costRows.map(([k, v]) => `<tr><td>${esc(k)}</td><td>${v === undefined || v === null ? "—" : esc(typeof v === "number" ? Number(v.toPrecision(4)) : v)}</td></tr>`).join("") + "</table>" +
     '<div id="panel-batches"></div><h3>Metrics</h3>' + pre(r.metrics) + "<h3>Resolved config</h3>" + pre(r.config) +
     "<h3>Manifest</h3>" + pre(r.manifest);
   $("panel").hidden = false;
