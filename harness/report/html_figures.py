@@ -74,9 +74,9 @@ def search_traces(df: pd.DataFrame, record: dict[str, Any]) -> list[dict[str, An
         traces.append(go.Scatter(x=list(group[cost]), y=list(group[metric]), mode="markers",
                                  name=f"pruned at {samples} samples", customdata=list(group["run"]),
                                  marker=dict(color="#999", size=6 + 6 * samples / max(record["rung_samples"])),
-                                 text=[f"<b>{r.run}</b><br>pruned at rung of {samples} samples<br>"
-                                       f"{display_name(metric)}: {fmt_value(getattr(r, metric))}"
-                                       for r in group.itertuples()],
+                                 text=[f"<b>{r['run']}</b><br>pruned at rung of {samples} samples<br>"
+                                       f"{display_name(metric)}: {fmt_value(r[metric], half_width(r, metric))}"
+                                       for _, r in group.iterrows()],
                                  hovertemplate="%{text}<extra></extra>").to_plotly_json())
     return traces
 
