@@ -7,7 +7,7 @@ SUITE ?= testbed
 SAMPLES ?=
 ARGS ?=
 
-.PHONY: setup test bench perf testbed plan hpsv3-env
+.PHONY: setup test bench perf testbed plan hpsv3-env browser report-bench
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,14 @@ plan: setup
 
 perf: setup
 	$(BIN)/python -m benchmarks.perf $(ARGS)
+
+# Headless Chromium for the HTML report's browser tests (Debian's package; playwright drives it, downloads nothing).
+browser:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
+# Load time of the HTML report in headless Chromium and report folder sizes (testbed-like and a 4,000-image text suite).
+report-bench: setup
+	$(BIN)/python -m benchmarks.report_page $(ARGS)
 
 # The three parts train side by side, one thread each (about an hour on a 2-core machine), as the committed
 # checkpoints were made; then the text-to-image testbed's detector and model side by side (TextDiT + word encoder,

@@ -17,6 +17,7 @@ from harness.report.baselines import PaperMap, baseline_points, paper_map_from_m
 from harness.report.formatting import (
     MISSING, arrow, display_name, fmt_context, fmt_interval, fmt_number, fmt_value, markdown_table,
 )
+from harness.report.html_page import write_html_report
 from harness.report.paper_tables import write_paper_tables
 from harness.report.pareto import pareto_figures
 from harness.report.results import NOISY_SPREAD, collect_results, metric_columns, read_manifests, shard_paths
@@ -178,4 +179,5 @@ def write_report(suite_name: str, runs_dir: str | Path = "runs", reports_dir: st
                 pareto_section(figures, out), paper_section(tables_md), samples_section(grids, out)]
     path = out / "report.md"
     path.write_text("\n\n".join(s for s in sections if s) + "\n")
+    write_html_report(suite_name, df, manifests, out, search, paper_map if tables_md is not None else None)
     return path
