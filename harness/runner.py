@@ -211,12 +211,16 @@ def weights_fingerprint(run: Run) -> dict[str, str]:
             if spec.checkpoint and Path(spec.checkpoint).is_file()}
 
 
-def make_manifest(run: Run, env: dict[str, Any], dry_run: bool, complete: bool) -> dict[str, Any]:
-    """manifest.json of a run: its resolved config and hash, the checkpoints' sha256, the environment, and whether
-    all shards exist."""
+def make_manifest(run: Run, env: dict[str, Any], dry_run: bool, complete: bool,
+                  models: dict[str, FlowModel] | None = None) -> dict[str, Any]:
+    """manifest.json of a run: its resolved config and hash, the checkpoints' sha256 and (once `models` are loaded)
+    what was taken from each file (format, wrapper, EMA or trained weights, step), the environment, and whether all
+    shards exist."""
+    loaded = {run.model_keys[role]: m.checkpoint for role, m in (models or {}).items()
+              if getattr(m, "checkpoint", None)}
     return {"run": run.run_id, "suite": run.suite, "config": run.config, "config_hash": run.config_hash,
-            "weights_sha256": {} if dry_run else weights_fingerprint(run), **env, "dry_run": dry_run,
-            "complete": complete}
+            "weights_sha256": {} if dry_run else weights_fingerprint(run), **({"checkpoints": loaded} if loaded else {}),
+            **env, "dry_run": dry_run, "complete": complete}
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -490,7 +494,7 @@ def run_batches(run: Run, run_dir: Path, cache: ModelCache, env: dict[str, Any],
         complete = all(shard_path(run_dir, s.start).is_file() for s in plan_shards(run.samples, run.batch_size))
         if adm_npz and complete:
             write_adm_npz(run_dir, run.samples)
-        write_json(run_dir / MANIFEST, make_manifest(run, env, dry_run, complete=complete))
+        write_json(run_dir / MANIFEST, make_manifest(run, env, dry_run, complete=complete, models=models))
     return RunResult(run.run_id, run_dir, sum(len(s) for s in todo), kept, sum(b["total"] for b in batches))
 
 

@@ -102,6 +102,7 @@ class ModelTable(_Table):
 
     arch: str
     checkpoint: str | None = None
+    weights: Literal["ema", "model"] | None = None  # a training checkpoint's EMA or trained weights (default: EMA)
     sparsity: Literal["none", "routing", "masking"] = "none"
     route: Annotated[list[int], Field(min_length=2, max_length=2)] | None = None
     vae: str | None = None
@@ -141,7 +142,7 @@ class ModelTable(_Table):
 
     def overrides(self) -> dict[str, Any]:
         """The DiTConfig fields (and convention) this table sets over its architecture's preset."""
-        skip = {"arch", "checkpoint", "sparsity", "route", "vae", "cfg_channels", "dropped", "text_encoder",
+        skip = {"arch", "checkpoint", "weights", "sparsity", "route", "vae", "cfg_channels", "dropped", "text_encoder",
                 "text_encoder_options", "options"}
         named = {k: v for k, v in self.model_dump().items() if k not in skip and v is not None}
         return {**(self.options or {}), **named}
@@ -535,7 +536,7 @@ def _model_spec(key: str, table: ModelTable, root: Path, where: _Where) -> Model
     spec = ModelSpec(arch=table.arch, checkpoint=str(checkpoint) if checkpoint else None, sparsity=table.sparsity,
                      route=tuple(table.route) if table.route else None, vae=table.vae, overrides=table.overrides(),
                      dropped=table.dropped or DEFAULT_DROPPED, text_encoder=table.text_encoder,
-                     text_encoder_options=dict(table.text_encoder_options or {}))
+                     text_encoder_options=dict(table.text_encoder_options or {}), weights=table.weights)
     if table.dropped is not None and table.sparsity != "masking":
         raise where.error(where_m, "dropped", f"only a masking model drops tokens (this model has "
                                               f"{table.sparsity!r})")
@@ -677,7 +678,8 @@ def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any]
         "sampler": sampler,
         "models": {k: {"arch": t.arch, "checkpoint": t.checkpoint, "sparsity": t.sparsity, "route": t.route,
                        "vae": t.vae, "overrides": t.overrides(),
-                       **({"dropped": models[k].dropped} if t.sparsity == "masking" else {})}
+                       **({"dropped": models[k].dropped} if t.sparsity == "masking" else {}),
+                       **({"weights": t.weights} if t.weights else {})}  # set only: earlier hashes stay
                    for k, t in model_tables.items()},
         "run": {"id": run_id, "name": table.name, "method": method, "model": keys["main"],
                 "weak_model": keys.get("weak"), "omega": guidance.omega, "gamma_strong": _gamma_json(gamma_strong),

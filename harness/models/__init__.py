@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -90,6 +91,7 @@ class ModelSpec:
     dropped: str = DEFAULT_DROPPED  # masking models: what a masked weak branch keeps at its dropped positions
     text_encoder: str | None = None  # a TEXT_ENCODERS name, for text-conditioned networks
     text_encoder_options: dict = field(default_factory=dict)
+    weights: str | None = None  # "ema" | "model": which weights of a training checkpoint (default: EMA if present)
 
     def config(self):
         """The family's config (a frozen dataclass; DiTConfig for DiT/SiT) and the convention name."""
@@ -125,8 +127,13 @@ def build_model(spec: ModelSpec, device: torch.device | str = "cpu", root: Path 
         path = Path(spec.checkpoint)
         if root is not None and not path.is_absolute():
             path = root / path
-        load_checkpoint(getattr(net, "weights_module", net), path)  # a wrapped diffusers model loads its own
-    return FlowModel(net.to(device).eval(), convention, dropped=spec.dropped)
+        # a wrapped diffusers model loads its own weights module
+        loaded = load_checkpoint(getattr(net, "weights_module", net), path, spec.weights, spec.arch)
+        if loaded.ignored:
+            print(f"{path}: not used: {', '.join(loaded.ignored)}", file=sys.stderr)
+    flow = FlowModel(net.to(device).eval(), convention, dropped=spec.dropped)
+    flow.checkpoint = loaded.summary() if spec.checkpoint else None  # for the run's manifest
+    return flow
 
 
 def randomize_weights(model: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torch.nn.Module:

@@ -117,6 +117,7 @@ class FlowModel(nn.Module):
         if conditions is None and hasattr(net.config, "num_classes"):
             conditions = ClassConditions(net.config.num_classes)
         self.conditions = conditions  # a text-conditioned network gets PromptConditions from the runner
+        self.checkpoint: dict | None = None  # what build_model took from the checkpoint file, for the manifest
         if convention == "dit":
             abar = _dit_alphas_cumprod()
             self.register_buffer("log_snr", torch.log(abar / (1 - abar)).float().flip(0), persistent=False)
