@@ -537,6 +537,8 @@ def _model_spec(key: str, table: ModelTable, root: Path, where: _Where) -> Model
                      route=tuple(table.route) if table.route else None, vae=table.vae, overrides=table.overrides(),
                      dropped=table.dropped or DEFAULT_DROPPED, text_encoder=table.text_encoder,
                      text_encoder_options=dict(table.text_encoder_options or {}), weights=table.weights)
+    if table.weights is not None and table.checkpoint is None:
+        raise where.error(where_m, "weights", "chooses among a checkpoint's weights, and this model has no checkpoint")
     if table.dropped is not None and table.sparsity != "masking":
         raise where.error(where_m, "dropped", f"only a masking model drops tokens (this model has "
                                               f"{table.sparsity!r})")

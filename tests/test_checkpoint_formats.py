@@ -217,3 +217,80 @@ def test_bad_files_get_one_sentence(case, expected, tmp_path, capsys):
         _loaded(path)
     assert "\n" not in str(info.value) and "Traceback" not in str(info.value)
     assert "ran code" not in capsys.readouterr().out
+
+
+SUITE = """\
+[suite]
+name = "ckpt"
+samples = 2
+batch_size = 2
+seed = 0
+metrics = ["fd_testbed"]
+
+[sampler]
+kind = "euler"
+steps = 1
+
+[models.main]
+arch = "Testbed-XS/4"
+checkpoint = "step_1200.pt"
+{weights}
+[[runs]]
+name = "plain"
+method = "none"
+"""
+
+
+@pytest.mark.parametrize("weights", [None, "model"])
+def test_weights_choice_and_step_reach_the_config_and_manifest(weights, nets, tmp_path):
+    import json
+
+    from harness.cli import main
+    from harness.suite import load_suite
+
+    trained, ema = nets
+    torch.save({"model_state_dict": trained.state_dict(), "ema_state_dict": ema.state_dict(), "step": 1200},
+               tmp_path / "step_1200.pt")
+    suite_file = tmp_path / "ckpt.toml"
+    suite_file.write_text(SUITE.format(weights=f'weights = "{weights}"\n' if weights else ""))
+    run = load_suite(suite_file, root=tmp_path).runs[0]
+    assert run.models["main"].weights == weights
+    assert run.config["models"]["main"].get("weights") == weights  # absent by default: earlier hashes unchanged
+    assert main(["generate", str(suite_file), "--root", str(tmp_path), "--out", str(tmp_path / "runs")]) == 0
+    manifest = json.loads((tmp_path / "runs" / "ckpt" / "plain" / "manifest.json").read_text())
+    assert manifest["checkpoints"]["main"] == {"format": "pytorch", "wrapper": f"{weights or 'ema'}_state_dict",
+                                               "weights": weights or "ema", "step": 1200}
+
+
+def test_inspect_reports_the_file_and_a_table_that_loads(nets, tmp_path, capsys):
+    from harness.cli import main
+    from harness.suite import load_suite
+
+    trained, ema = nets
+    path = tmp_path / "step_400000.pt"
+    torch.save({"model_state_dict": Precond(trained).state_dict(), "ema_state_dict": Precond(ema).state_dict(),
+                "optimizer_state_dict": _adamw_state(trained), "step": 400000}, path)
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "format       pytorch" in out and "EMA          yes; the file also has: model" in out
+    assert "step         400000" in out and "optimizer_state_dict" in out
+    assert f"{sum(v.numel() for v in ema.state_dict().values()):,} numbers" in out
+    assert "architecture  Testbed-XS/4: family dit, patch 4, depth 4 blocks, width 96" in out
+    table = out[out.index("[models.main]"):]
+    assert 'weights = "ema"' in table
+    suite = tmp_path / "s.toml"
+    suite.write_text(SUITE.split("[models.main]")[0] + table + '\n[[runs]]\nname = "plain"\nmethod = "none"\n')
+    spec = load_suite(suite, root=tmp_path).runs[0].models["main"]
+    assert _same(build_model(spec).net, ema)
+
+
+def test_inspect_of_an_unknown_layout_and_of_a_bad_file(tmp_path, capsys):
+    from harness.cli import main
+
+    torch.save({"encoder": {"layers.0.w": torch.zeros(3, 4)}, "epoch": 2}, tmp_path / "odd.pt")
+    assert main(["inspect", str(tmp_path / "odd.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "unknown layout" in out and "top-level    encoder, epoch" in out and "layers.0.w: (3, 4)" in out
+    (tmp_path / "notes.pt").write_text("hello")
+    assert main(["inspect", str(tmp_path / "notes.pt")]) == 2
+    assert "notes.pt: is not a PyTorch or safetensors file" in capsys.readouterr().err

@@ -43,7 +43,8 @@ def strip_prefixes(state: dict[str, torch.Tensor], expected: set[str]) -> dict[s
 def describe_state_dict(state: dict[str, torch.Tensor], besides: str | None = None) -> str:
     """The registered architectures a state dict matches, or the nearest one (other than `besides`)."""
     layout = layout_of(state)
-    names = matching(layout)
+    names = list(dict.fromkeys(name + (f' (sparsity "{sparsity}")' if sparsity != "none" else "")
+                               for name, sparsity in matching(layout)))
     if names:
         return f"{' / '.join(names)} match{'es' if len(names) == 1 else ''}"
     close = nearest(layout)

@@ -62,18 +62,21 @@ class Checkpoint:
         return {"format": self.format, "wrapper": self.wrapper, "weights": self.weights, "step": self.step}
 
 
-def read_checkpoint(path: Path | str, weights: str | None = None) -> Checkpoint:
+def read_checkpoint(path: Path | str, weights: str | None = None, strict: bool = True) -> Checkpoint:
     """The network tensors of a checkpoint file or diffusers folder; `weights` "ema" / "model" picks a set (default:
-    the EMA where the file has one). Every refusal is a HarnessError in one sentence naming the file."""
+    the EMA where the file has one). Every refusal is a HarnessError in one sentence naming the file; with
+    `strict=False` a dict with no known wrapper gives all its nested tensors instead (for `harness inspect`)."""
     path = Path(path)
     if path.is_dir():
         return _read_diffusers(path)
     if not path.is_file():
         raise HarnessError(f"{path}: checkpoint file not found")
     obj, fmt = _load_object(path)
-    top = tuple(map(str, obj)) if isinstance(obj, dict) else ()
+    top = tuple(map(str, obj)) if isinstance(obj, dict) and not _is_state_dict(obj) else ()
     if _is_state_dict(obj) and obj:
         state, wrapper, kind, others, ignored = _split_modules(path, dict(obj), "the file is the state dict", weights)
+    elif isinstance(obj, dict) and not strict and not _has_wrapper(obj):
+        state, wrapper, kind, others, ignored = _nested_tensors(obj), "no known wrapper", "unlabelled", (), ()
     elif isinstance(obj, dict):
         state, wrapper, kind, others, ignored = _unwrap(path, obj, weights)
     else:
@@ -195,6 +198,19 @@ def _read_diffusers(folder: Path) -> Checkpoint:
 def _is_state_dict(obj: Any) -> bool:
     """Whether `obj` is a mapping of names to tensors."""
     return isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _has_wrapper(obj: dict) -> bool:
+    """Whether a checkpoint dict has a weights entry under a known key."""
+    return any(isinstance(obj.get(k), dict) for k in (*EMA_KEYS, *MODEL_KEYS, "current_model_state"))
+
+
+def _nested_tensors(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor in nested dicts and lists, named by its path ("encoder.layers.0.w")."""
+    if isinstance(obj, torch.Tensor):
+        return {prefix.rstrip("."): obj}
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    return {k: v for key, value in items for k, v in _nested_tensors(value, f"{prefix}{key}.").items()}
 
 
 def _unwrap(path: Path, obj: dict, weights: str | None):

@@ -54,25 +54,34 @@ def layout_of(shapes: dict[str, torch.Tensor | torch.Size | tuple[int, ...]]) ->
 
 
 @lru_cache(maxsize=1)
-def preset_layouts() -> dict[str, Layout]:
-    """The Layout of every registered architecture's preset, built on the meta device (no memory, no weights)."""
+def sparsity_layouts() -> dict[tuple[str, str], Layout]:
+    """The Layout of every registered preset by (name, sparsity), built on the meta device (no memory, no weights):
+    a masking-capable DiT builds its decoder only with sparsity "masking"."""
     from harness.models import ARCHS, ModelSpec, family_of
 
     out = {}
     for name in ARCHS:
-        try:
-            config, _ = ModelSpec(name).config()
-            with torch.device("meta"):
-                net = family_of(config).network(config)
-        except (ImportError, ValueError, TypeError):  # a family whose optional package is missing
-            continue
-        out[name] = layout_of(getattr(net, "weights_module", net).state_dict())
+        for sparsity in ("none", "masking"):
+            try:
+                config, _ = ModelSpec(name, sparsity=sparsity).config()
+                with torch.device("meta"):
+                    net = family_of(config).network(config)
+            except (ImportError, ValueError, TypeError):  # not a masking family, or its optional package is missing
+                continue
+            layout = layout_of(getattr(net, "weights_module", net).state_dict())
+            if sparsity == "none" or layout != out.get((name, "none")):
+                out[name, sparsity] = layout
     return out
 
 
-def matching(layout: Layout) -> list[str]:
-    """Registered architectures with the same structure (options such as input size or classes may differ)."""
-    return [name for name, preset in preset_layouts().items() if preset.structure == layout.structure]
+def preset_layouts() -> dict[str, Layout]:
+    """The Layout of every registered preset as built without sparsity."""
+    return {name: layout for (name, sparsity), layout in sparsity_layouts().items() if sparsity == "none"}
+
+
+def matching(layout: Layout) -> list[tuple[str, str]]:
+    """(name, sparsity) of the registered presets with the same structure (input size or classes may differ)."""
+    return [key for key, preset in sparsity_layouts().items() if preset.structure == layout.structure]
 
 
 def nearest(layout: Layout) -> str | None:
@@ -81,8 +90,8 @@ def nearest(layout: Layout) -> str | None:
         same = len(preset.signature & layout.signature) / max(1, len(preset.signature | layout.signature))
         return same, sum(a == b for a, b in zip(preset.structure[1:], layout.structure[1:]))
 
-    presets = preset_layouts()
-    return max(presets, key=lambda n: score(presets[n])) if presets else None
+    presets = sparsity_layouts()
+    return max(presets, key=lambda n: score(presets[n]))[0] if presets else None
 
 
 def differences(file: Layout, model: Layout, name: str) -> list[str]:
@@ -110,11 +119,11 @@ def differences(file: Layout, model: Layout, name: str) -> list[str]:
     return diffs
 
 
-def options_for(layout: Layout, arch: str) -> dict[str, object]:
+def options_for(layout: Layout, arch: str, sparsity: str = "none") -> dict[str, object]:
     """Model-table options that make the preset `arch` (same structure) take the file: input size, classes, sigma."""
     from harness.models import ARCHS
 
-    preset, base = ARCHS[arch], preset_layouts()[arch]
+    preset, base = ARCHS[arch], sparsity_layouts()[arch, sparsity]
     options: dict[str, object] = {}
     if layout.tokens and layout.tokens != base.tokens and layout.patch:
         options["input_size"] = math.isqrt(layout.tokens) * layout.patch
@@ -136,4 +145,5 @@ def _modules(keys: frozenset[str], skip: set[str]) -> str:
     return ", ".join(heads[:6]) + (f", ... ({len(heads)} in all)" if len(heads) > 6 else "")
 
 
-__all__ = ["Layout", "differences", "layout_of", "matching", "nearest", "options_for", "preset_layouts"]
+__all__ = ["Layout", "differences", "layout_of", "matching", "nearest", "options_for", "preset_layouts",
+           "sparsity_layouts"]
