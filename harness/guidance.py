@@ -109,6 +109,14 @@ class GuidanceSpec:
         return active
 
 
+def power_cosine_scale(step: torch.Tensor, scale: float, power: float, steps: int = 1000) -> torch.Tensor:
+    """MDT's CFG weight at DDPM step `step` (steps - 1 = noise, 0 = data): 1 + (scale - 1)(1 - cos(pi (1 -
+    step/steps)^power)) / 2, rising from 1 at the noise end to `scale` at the data end (sail-sg/MDT forward_with_cfg).
+    """
+    ramp = (1 - torch.cos(((1 - step / steps) ** power) * math.pi)) / 2
+    return (scale - 1) * ramp + 1
+
+
 def combine(
     strong: torch.Tensor, weak: torch.Tensor | None, omega: float, cfg_channels: int | None = None
 ) -> torch.Tensor:

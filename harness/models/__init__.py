@@ -13,6 +13,7 @@ from harness.models.adapters import CONVENTIONS, DEFAULT_DROPPED, DROPPED, FlowM
 from harness.models.checkpoint import load_checkpoint
 from harness.models.dit import DiTConfig, SparseDiT
 from harness.models.maskdit import MaskDiT, MaskDiTConfig
+from harness.models.mdt import MDT_ARCHS, MDTConfig, MDTv2
 from harness.models.microdit import MICRODIT_ARCHS, MicroDiT, MicroDiTConfig
 from harness.models.pixart import PIXART_ARCHS, PixArtConfig, PixArtNetwork
 from harness.models.textdit import TextDiT, TextDiTConfig
@@ -34,7 +35,7 @@ class Family:
 # Network families by name; an ARCHS preset names its family under "family" (default "dit").
 FAMILIES: dict[str, Family] = {"dit": Family(DiTConfig, SparseDiT), "maskdit": Family(MaskDiTConfig, MaskDiT),
                                "textdit": Family(TextDiTConfig, TextDiT), "microdit": Family(MicroDiTConfig, MicroDiT),
-                               "pixart": Family(PixArtConfig, PixArtNetwork)}
+                               "pixart": Family(PixArtConfig, PixArtNetwork), "mdt": Family(MDTConfig, MDTv2)}
 
 
 def family_of(config) -> Family:
@@ -76,6 +77,7 @@ ARCHS["TextDiT-Tiny"] = dict(family="textdit", depth=2, hidden_size=32, num_head
                              in_channels=3, text_dim=16, text_len=8, convention="sit")
 ARCHS.update(MICRODIT_ARCHS)  # MicroDiT-XL/2 (512 px, released checkpoints), MicroDiT-Tiny/2, MicroDiT-Test
 ARCHS.update(PIXART_ARCHS)  # PixArt-Sigma-XL/2-512, -1024 (diffusers' transformer, routed by hooks), PixArt-Test
+ARCHS.update(MDT_ARCHS)  # MDTv2-S/2 ... MDTv2-XL/2 (sail-sg/MDT; the released checkpoint is XL/2, decode_layer 4)
 
 
 @dataclass
