@@ -195,6 +195,9 @@ class RunTable(_Table):
     gamma_weak: list[GammaTable] | None = _grid_field()
     interval: list[_Interval] | None = _grid_field()
     cfg_channels: list[Literal["all", 3]] | None = _grid_field()
+    # MDT's CFG weight schedule: omega ramps from 1 (noise) to omega (data) as 1 + (omega - 1)(1 - cos(pi (1 -
+    # k/1000)^power)) / 2 over the DDPM step k with t's SNR (sail-sg/MDT image_sample.py: omega 3.8, power 4)
+    omega_power_cosine: float | None = Field(None, gt=0)
     seed: list[Annotated[int, Field(ge=0)]] | None = _grid_field()  # overrides [suite] seed; a list measures spread
     paper: list[Annotated[str, Field(pattern=r"^[^:]+:[^:]+$")]] | None = None
     samples: int | None = Field(None, ge=1)
@@ -661,7 +664,8 @@ def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any]
     interval = tuple(point["interval"]) if "interval" in point else None
     guidance = GuidanceSpec(method=method, omega=point.get("omega", 1.0), gamma_strong=gamma_strong,
                             gamma_weak=gamma_weak if METHODS[method] is not None else None, interval=interval,
-                            cfg_channels=None if channels == "all" else int(channels))
+                            cfg_channels=None if channels == "all" else int(channels),
+                            omega_power=table.omega_power_cosine)
     samples = samples_override or table.samples or prompts.samples
     sampler = {**doc.sampler.model_dump(), **(table.sampler.model_dump(exclude_none=True) if table.sampler else {})}
     if sampler["kind"] != "edm_heun":  # its schedule does not apply: leave it out of the config (and its hash)
@@ -689,6 +693,8 @@ def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any]
                 "cfg_channels": channels if METHODS[method] is not None else None, "samples": samples,
                 "paper": list(table.paper or []), "precision": precision, "compile": compiled},
     }
+    if table.omega_power_cosine is not None:  # set only, so earlier runs keep their config hashes
+        config["run"]["omega_power_cosine"] = table.omega_power_cosine
     if prompts.spec is not None:  # only text suites carry these, so class suites keep their config hashes
         # the prompt texts' sha256: an edited prompt file changes the samples, so it changes the hash
         config["suite"].update(prompts=prompts.spec, images_per_prompt=prompts.per_prompt,

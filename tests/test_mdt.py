@@ -111,3 +111,31 @@ def test_presets_and_a_wrong_size_said_in_a_line(official_file):
     with pytest.raises(HarnessError, match=r"does not fit MDTv2-S/2: 1 de_blocks in the file|"
                                            r"does not fit MDTv2-S/2: 2 de_blocks in the file, MDTv2-S/2 has 4"):
         build_model(ModelSpec("MDTv2-S/2", str(official_file)))
+
+
+def test_power_cosine_guidance_weight_schedule_follows_the_ddpm_step():
+    from harness.guidance import ddpm_step
+    from harness.models.adapters import _dit_alphas_cumprod
+
+    abar = _dit_alphas_cumprod()
+    for k in (10, 500, 990):
+        a = float(abar[k]) ** 0.5
+        assert ddpm_step(a / (a + (1 - float(abar[k])) ** 0.5)) == pytest.approx(k, abs=1e-3)
+    spec = GuidanceSpec("cfg", omega=3.8, omega_power=4.0)
+    assert spec.omega_at(0.001) == pytest.approx(1.0, abs=1e-3) and spec.omega_at(0.999) == pytest.approx(3.8, 1e-3)
+    a = float(abar[500]) ** 0.5
+    expected = float(power_cosine_scale(torch.tensor(500.0), 3.8, 4.0))
+    assert spec.omega_at(a / (a + (1 - float(abar[500])) ** 0.5)) == pytest.approx(expected, abs=1e-4)
+    assert GuidanceSpec("cfg", omega=3.8).omega_at(0.001) == 3.8
+
+
+def test_mdt_suite_plans_its_official_cfg_and_sparse_runs():
+    from harness.suite import load_suite
+
+    suite = load_suite(Path(__file__).parents[1] / "suites" / "mdt256.toml")
+    runs = {r.run_id: r for r in suite.runs}
+    cfg = next(r for r in runs.values() if r.method == "cfg" and r.guidance.omega_power is not None)
+    assert cfg.guidance.omega == 3.8 and cfg.guidance.omega_power == 4.0 and cfg.guidance.cfg_channels == 3
+    assert cfg.config["run"]["omega_power_cosine"] == 4.0
+    assert {r.method for r in runs.values()} >= {"none", "cfg", "sg", "cfg+sg"}
+    assert all(r.models["main"].arch == "MDTv2-XL/2" for r in runs.values())

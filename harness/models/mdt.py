@@ -155,7 +155,8 @@ class MDTv2(nn.Module):
 
     def initialize_weights(self) -> None:
         """MDT's initialisation: xavier linears, sin-cos position tables, N(0, 0.02) embeddings, zeroed adaLN and
-        output; the relative-bias tables N(0, 0.02) (upstream: truncated at +-2, i.e. +-100 std)."""
+        output; the relative-bias tables N(0, 0.02) (upstream truncates at +-2, i.e. +-100 std: never, and torch's
+        trunc_normal_ cannot run on the fake tensors FLOP counting builds)."""
 
         def basic(module: nn.Module) -> None:
             if isinstance(module, nn.Linear):
@@ -176,7 +177,7 @@ class MDTv2(nn.Module):
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         blocks = [*self.en_inblocks, *self.en_outblocks, *self.de_blocks, *self.sideblocks]
         for block in blocks:
-            nn.init.trunc_normal_(block.attn.rel_pos_bias.relative_position_bias_table, std=0.02)
+            nn.init.normal_(block.attn.rel_pos_bias.relative_position_bias_table, std=0.02)
         for layer in [b.adaLN_modulation[-1] for b in blocks] + [self.final_layer.adaLN_modulation[-1],
                                                                  self.final_layer.linear]:
             nn.init.zeros_(layer.weight)
