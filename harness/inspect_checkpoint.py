@@ -7,8 +7,6 @@ import argparse
 import math
 from pathlib import Path
 
-from harness.errors import HarnessError
-
 
 def add_inspect_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `inspect` on the harness CLI; the parsed args carry func=main_inspect."""

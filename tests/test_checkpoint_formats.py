@@ -18,7 +18,6 @@ from torch import nn
 
 from harness.errors import HarnessError
 from harness.models import ModelSpec, build_model, randomize_weights
-from harness.models.checkpoint import load_checkpoint
 from harness.models.ckpt_files import read_checkpoint
 
 ARCH = "Testbed-XS/4"
@@ -294,3 +293,12 @@ def test_inspect_of_an_unknown_layout_and_of_a_bad_file(tmp_path, capsys):
     (tmp_path / "notes.pt").write_text("hello")
     assert main(["inspect", str(tmp_path / "notes.pt")]) == 2
     assert "notes.pt: is not a PyTorch or safetensors file" in capsys.readouterr().err
+
+
+def test_weights_without_a_checkpoint_is_a_suite_error(tmp_path):
+    from harness.suite import load_suite
+
+    suite_file = tmp_path / "s.toml"
+    suite_file.write_text(SUITE.format(weights='weights = "ema"\n').replace('checkpoint = "step_1200.pt"\n', ""))
+    with pytest.raises(HarnessError, match=r"s.toml: \[models.main\]: field 'weights': chooses among a checkpoint"):
+        load_suite(suite_file, root=tmp_path)

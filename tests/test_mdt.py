@@ -23,7 +23,7 @@ from harness.sampling import GuidedDenoiser, make_generators
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mdt"
 sys.path.insert(0, str(FIXTURE))
-from make_fixture import CONFIG, fill  # noqa: E402  (the fixture's own recipe, shared with the test)
+from make_fixture import CONFIG, fill  # the fixture's own recipe, shared with the test
 
 GAMMA = 0.3125  # 5 of 16 tokens dropped: the fixture's 11 kept ids
 
@@ -56,7 +56,6 @@ def net(official_file):
 
 
 def test_state_dict_has_the_official_names_shapes_and_int64_index(layout, reference):
-    config, _ = ModelSpec("MDTv2-S/2", overrides=CONFIG).config()
     port = build_model(ModelSpec("MDTv2-S/2", overrides=CONFIG)).net.state_dict()
     assert {k: (list(v.shape), str(v.dtype)) for k, v in port.items()} == {
         k: (shape, dtype) for k, shape, dtype in layout["state_dict"]}

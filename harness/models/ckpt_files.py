@@ -287,4 +287,4 @@ def _step(obj: Any) -> int | None:
     return None
 
 
-__all__ = ["Checkpoint", "EMA_KEYS", "MODEL_KEYS", "SAFE_GLOBALS", "read_checkpoint"]
+__all__ = ["EMA_KEYS", "MODEL_KEYS", "SAFE_GLOBALS", "Checkpoint", "read_checkpoint"]

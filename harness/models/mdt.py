@@ -247,4 +247,4 @@ MDT_ARCHS = {
                                          "XL": (28, 1152, 16)}.items()
 }
 
-__all__ = ["MDTBlock", "MDTConfig", "MDTv2", "MDT_ARCHS", "RelativePositionBias"]
+__all__ = ["MDT_ARCHS", "MDTBlock", "MDTConfig", "MDTv2", "RelativePositionBias"]
