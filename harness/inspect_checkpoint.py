@@ -46,7 +46,7 @@ def inspect_checkpoint(path: Path, weights: str | None = None) -> str:
         rows.append(("not weights", ", ".join(ckpt.ignored)))
     layout = layout_of(state)
     found = matching(layout)
-    names = list(dict.fromkeys(name for name, _ in found))
+    names = list(dict.fromkeys(name for name, _, _ in found))
     lines = [f"{k:<13}{v}" for k, v in rows]
     if not names:
         close = nearest(layout) if layout.width else None
@@ -57,8 +57,8 @@ def inspect_checkpoint(path: Path, weights: str | None = None) -> str:
         lines += [f"architecture  none registered matches; nearest {close}: {'; '.join(diffs)}",
                   *_unknown(ckpt.top_keys, state)]
         return "\n".join(lines)
-    arch, sparsity = found[0]
-    preset, options = ARCHS[arch], options_for(layout, arch, sparsity)
+    arch, sparsity, _ = found[0]
+    preset, options = ARCHS[arch], options_for(layout, found[0])
     settings = {**preset, **options}
     lists = ", ".join(f"{n} {k}" for k, n in layout.lists)
     facts = [f"family {preset.get('family', 'dit')}", f"patch {layout.patch}", f"depth {lists}",
@@ -80,7 +80,13 @@ def inspect_checkpoint(path: Path, weights: str | None = None) -> str:
         table.append(f'sparsity = "{sparsity}"  # the file has the decoder that masking builds')
     if ckpt.weights in ("ema", "model") and (ckpt.others or weights):
         table.append(f'weights = "{ckpt.weights}"')
-    table += [f"{k} = {str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items()]
+    from harness.suite import ModelTable
+
+    named = {k: v for k, v in options.items() if k in ModelTable.model_fields}
+    other = {k: v for k, v in options.items() if k not in named}  # family fields the table takes under `options`
+    table += [f"{k} = {_toml(v)}" for k, v in named.items()]
+    if other:
+        table.append(f"options = {{ {', '.join(f'{k} = {_toml(v)}' for k, v in other.items())} }}")
     return "\n".join(lines + ["", *table])
 
 
@@ -88,6 +94,10 @@ def _unknown(top_keys: tuple[str, ...], state: dict) -> list[str]:
     """Top-level keys and a few tensor names and shapes, for a layout no preset explains."""
     shown = [f"  {k}: {tuple(v.shape)}" for k, v in list(state.items())[:8]]
     return ([f"top-level    {', '.join(top_keys[:12])}"] if top_keys else []) + ["first tensors", *shown]
+
+
+def _toml(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _human(n: int) -> str:

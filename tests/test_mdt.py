@@ -138,3 +138,21 @@ def test_mdt_suite_plans_its_official_cfg_and_sparse_runs():
     assert cfg.config["run"]["omega_power_cosine"] == 4.0
     assert {r.method for r in runs.values()} >= {"none", "cfg", "sg", "cfg+sg"}
     assert all(r.models["main"].arch == "MDTv2-XL/2" for r in runs.values())
+
+
+def test_inspect_finds_mdt_trained_with_another_decode_layer(tmp_path, capsys):
+    from harness.cli import main
+    from harness.suite import load_suite
+
+    # sail-sg/MDT README trains MDTv2-S/2 with --decode_layer 6; TrainLoop.save writes the bare state dict
+    spec = ModelSpec("MDTv2-S/2", overrides={"decode_layer": 6, "input_size": 8, "num_classes": 10})
+    torch.save(build_model(spec).net.state_dict(), tmp_path / "ema_0.9999_050000.pt")
+    assert main(["inspect", str(tmp_path / "ema_0.9999_050000.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "architecture  MDTv2-S/2: family mdt" in out and "6 de_blocks" in out and "3 en_inblocks" in out
+    table = out[out.index("[models.main]"):]
+    assert "options = { decode_layer = 6 }" in table and "input_size = 8" in table and "num_classes = 10" in table
+    (tmp_path / "s.toml").write_text('[suite]\nname = "m"\nsamples = 2\nbatch_size = 2\nmetrics = ["fid"]\n'
+                                     '[sampler]\nkind = "euler"\nsteps = 1\n' + table
+                                     + '\n[[runs]]\nname = "u"\nmethod = "none"\n')
+    build_model(load_suite(tmp_path / "s.toml", root=tmp_path).runs[0].models["main"])

@@ -43,8 +43,9 @@ def strip_prefixes(state: dict[str, torch.Tensor], expected: set[str]) -> dict[s
 def describe_state_dict(state: dict[str, torch.Tensor], besides: str | None = None) -> str:
     """The registered architectures a state dict matches, or the nearest one (other than `besides`)."""
     layout = layout_of(state)
-    names = list(dict.fromkeys(name + (f' (sparsity "{sparsity}")' if sparsity != "none" else "")
-                               for name, sparsity in matching(layout)))
+    names = list(dict.fromkeys(name + "".join(f" ({k} {v})" for k, v in extra)
+                               + (f' (sparsity "{sparsity}")' if sparsity != "none" else "")
+                               for name, sparsity, extra in matching(layout)))
     if names:
         return f"{' / '.join(names)} match{'es' if len(names) == 1 else ''}"
     close = nearest(layout)

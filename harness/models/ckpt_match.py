@@ -53,35 +53,44 @@ def layout_of(shapes: dict[str, torch.Tensor | torch.Size | tuple[int, ...]]) ->
                   pos[1] if pos and len(pos) == 3 else None, dims.get("y_embedder.embedding_table.weight"), out)
 
 
+# Structural options a family's presets are trained with besides the preset's own value (sail-sg/MDT's README trains
+# MDTv2-S/2 with decode_layer 6, XL/2 with 4), tried when matching a file.
+VARIANTS: dict[str, list[dict[str, object]]] = {"mdt": [{"decode_layer": n} for n in (2, 6, 8)]}
+Variant = tuple[str, str, tuple[tuple[str, object], ...]]  # (preset name, sparsity, structural overrides)
+
+
 @lru_cache(maxsize=1)
-def sparsity_layouts() -> dict[tuple[str, str], Layout]:
-    """The Layout of every registered preset by (name, sparsity), built on the meta device (no memory, no weights):
-    a masking-capable DiT builds its decoder only with sparsity "masking"."""
+def variant_layouts() -> dict[Variant, Layout]:
+    """The Layout of every registered preset, with sparsity "masking" where that builds more (a masking-capable DiT's
+    decoder) and with the family's VARIANTS, built on the meta device (no memory, no weights)."""
     from harness.models import ARCHS, ModelSpec, family_of
 
-    out = {}
-    for name in ARCHS:
-        for sparsity in ("none", "masking"):
-            try:
-                config, _ = ModelSpec(name, sparsity=sparsity).config()
-                with torch.device("meta"):
-                    net = family_of(config).network(config)
-            except (ImportError, ValueError, TypeError):  # not a masking family, or its optional package is missing
-                continue
-            layout = layout_of(getattr(net, "weights_module", net).state_dict())
-            if sparsity == "none" or layout != out.get((name, "none")):
-                out[name, sparsity] = layout
+    out: dict[Variant, Layout] = {}
+    for name, preset in ARCHS.items():
+        for extra in [{}, *VARIANTS.get(preset.get("family", "dit"), [])]:
+            for sparsity in ("none", "masking"):
+                try:
+                    config, _ = ModelSpec(name, sparsity=sparsity, overrides=extra).config()
+                    with torch.device("meta"):
+                        net = family_of(config).network(config)
+                except (ImportError, ValueError, TypeError):  # not a masking family, or a package is missing
+                    continue
+                layout = layout_of(getattr(net, "weights_module", net).state_dict())
+                key = tuple(sorted(extra.items()))
+                if sparsity == "none" or layout != out.get((name, "none", key)):
+                    out[name, sparsity, key] = layout
     return out
 
 
 def preset_layouts() -> dict[str, Layout]:
-    """The Layout of every registered preset as built without sparsity."""
-    return {name: layout for (name, sparsity), layout in sparsity_layouts().items() if sparsity == "none"}
+    """The Layout of every registered preset as built without sparsity or overrides."""
+    return {name: layout for (name, sparsity, extra), layout in variant_layouts().items()
+            if sparsity == "none" and not extra}
 
 
-def matching(layout: Layout) -> list[tuple[str, str]]:
-    """(name, sparsity) of the registered presets with the same structure (input size or classes may differ)."""
-    return [key for key, preset in sparsity_layouts().items() if preset.structure == layout.structure]
+def matching(layout: Layout) -> list[Variant]:
+    """The registered presets (and variants) with the same structure (input size or classes may still differ)."""
+    return [key for key, preset in variant_layouts().items() if preset.structure == layout.structure]
 
 
 def nearest(layout: Layout) -> str | None:
@@ -90,8 +99,8 @@ def nearest(layout: Layout) -> str | None:
         same = len(preset.signature & layout.signature) / max(1, len(preset.signature | layout.signature))
         return same, sum(a == b for a, b in zip(preset.structure[1:], layout.structure[1:]))
 
-    presets = sparsity_layouts()
-    return max(presets, key=lambda n: score(presets[n]))[0] if presets else None
+    presets = preset_layouts()
+    return max(presets, key=lambda n: score(presets[n])) if presets else None
 
 
 def differences(file: Layout, model: Layout, name: str) -> list[str]:
@@ -119,12 +128,13 @@ def differences(file: Layout, model: Layout, name: str) -> list[str]:
     return diffs
 
 
-def options_for(layout: Layout, arch: str, sparsity: str = "none") -> dict[str, object]:
-    """Model-table options that make the preset `arch` (same structure) take the file: input size, classes, sigma."""
+def options_for(layout: Layout, variant: Variant) -> dict[str, object]:
+    """Model-table options that make a matching variant take the file: its overrides, input size, classes, sigma."""
     from harness.models import ARCHS
 
-    preset, base = ARCHS[arch], sparsity_layouts()[arch, sparsity]
-    options: dict[str, object] = {}
+    arch = variant[0]
+    preset, base = ARCHS[arch], variant_layouts()[variant]
+    options: dict[str, object] = dict(variant[2])
     if layout.tokens and layout.tokens != base.tokens and layout.patch:
         options["input_size"] = math.isqrt(layout.tokens) * layout.patch
     if layout.class_table and layout.class_table != base.class_table:
@@ -145,5 +155,5 @@ def _modules(keys: frozenset[str], skip: set[str]) -> str:
     return ", ".join(heads[:6]) + (f", ... ({len(heads)} in all)" if len(heads) > 6 else "")
 
 
-__all__ = ["Layout", "differences", "layout_of", "matching", "nearest", "options_for", "preset_layouts",
-           "sparsity_layouts"]
+__all__ = ["VARIANTS", "Layout", "Variant", "differences", "layout_of", "matching", "nearest", "options_for",
+           "preset_layouts", "variant_layouts"]
