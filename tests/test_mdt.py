@@ -156,3 +156,13 @@ def test_inspect_finds_mdt_trained_with_another_decode_layer(tmp_path, capsys):
                                      '[sampler]\nkind = "euler"\nsteps = 1\n' + table
                                      + '\n[[runs]]\nname = "u"\nmethod = "none"\n')
     build_model(load_suite(tmp_path / "s.toml", root=tmp_path).runs[0].models["main"])
+
+
+def test_mdt_suite_dry_runs_its_scheduled_cfg_and_masked_sg(tmp_path):
+    from harness.cli import main
+
+    suite = Path(__file__).parents[1] / "suites" / "mdt256.toml"
+    assert main(["generate", str(suite), "--dry-run", "--dry-run-arch", "MDTv2-S/2", "--only",
+                 "release_cfg|sg-gs0.1-gw0.5-omega2", "--samples", "4", "--steps", "2", "--out", str(tmp_path)]) == 0
+    runs = tmp_path / "mdt256-dryrun"
+    assert {p.name for p in runs.iterdir() if p.is_dir()} >= {"release_cfg", "sg-gs0.1-gw0.5-omega2"}
