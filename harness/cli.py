@@ -1,4 +1,4 @@
-"""`harness plan | generate | evaluate | report | bench | search | adm-eval | reference`: the command line.
+"""`harness plan | generate | evaluate | report | bench | search | inspect | adm-eval | reference`: the command line.
 
 Stages import their modules only when they run, so `harness --help` and a suite error answer at once. A user
 error (HarnessError) prints its message on stderr and exits with status 2, without a traceback.
@@ -29,6 +29,8 @@ DELEGATED = {
                "write a prompt run's images in GenEval's or HPSv3's folder layout"),
     "assets": ("harness.assets", "add_assets_parser",
                "real assets (checkpoints, VAEs, reference batches, Inception weights): status; --fetch downloads"),
+    "inspect": ("harness.inspect_checkpoint", "add_inspect_parser",
+                "what a checkpoint holds (format, EMA, step, architecture) and a [models.x] table for a suite"),
     "search": ("harness.search", "add_search_parser",
                "adaptive search of a suite's grid for the quality-vs-cost front, with a fraction of its samples"),
 }

@@ -79,10 +79,18 @@ class GuidanceSpec:
     gamma_weak: Schedule | None = None  # defaults to gamma_strong for cfg / ag / icg
     interval: tuple[float, float] | None = None  # [t_lo, t_hi] on the harness axis (0 = noise)
     cfg_channels: int | None = None  # None = all channels; 3 = the official DiT/SiT quirk
+    omega_power: float | None = None  # MDT's power-cosine weight schedule with this power (None: omega constant)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
+
+    def omega_at(self, t: float) -> float:
+        """The guidance weight at harness time t: omega, or MDT's power-cosine ramp to omega evaluated at the DDPM
+        step whose signal-to-noise ratio equals t's (the `dit` convention's mapping, for every model)."""
+        if self.omega_power is None:
+            return self.omega
+        return float(power_cosine_scale(torch.tensor(ddpm_step(t)), self.omega, self.omega_power))
 
     @property
     def strong(self) -> Branch:
@@ -107,6 +115,27 @@ class GuidanceSpec:
         if self.guides_at(t):
             active.append((self.weak, self.weak.gamma.at(progress)))
         return active
+
+
+def ddpm_step(t: float) -> float:
+    """The continuous DDPM step (999 = noise, 0 = data; linear betas 1e-4..0.02) with the SNR of harness time t."""
+    from harness.models.adapters import _dit_alphas_cumprod  # late: guidance stays importable without models
+
+    abar = _dit_alphas_cumprod()
+    log_snr = torch.log(abar / (1 - abar)).flip(0)  # increasing; index i <-> step 999 - i
+    t = min(max(t, 1e-5), 1 - 1e-5)
+    target = 2 * (math.log(t) - math.log1p(-t))
+    pos = float(torch.searchsorted(log_snr, torch.tensor([target], dtype=torch.float64)).clamp(1, 999))
+    lo, hi = float(log_snr[int(pos) - 1]), float(log_snr[int(pos)])
+    return 999 - (pos - 1 + min(max((target - lo) / (hi - lo), 0.0), 1.0))
+
+
+def power_cosine_scale(step: torch.Tensor, scale: float, power: float, steps: int = 1000) -> torch.Tensor:
+    """MDT's CFG weight at DDPM step `step` (steps - 1 = noise, 0 = data): 1 + (scale - 1)(1 - cos(pi (1 -
+    step/steps)^power)) / 2, rising from 1 at the noise end to `scale` at the data end (sail-sg/MDT forward_with_cfg).
+    """
+    ramp = (1 - torch.cos(((1 - step / steps) ** power) * math.pi)) / 2
+    return (scale - 1) * ramp + 1
 
 
 def combine(

@@ -149,7 +149,7 @@ class GuidedDenoiser:
             v_weak = weak_model.velocity(x, tt, conds[1], g_w, generators, weak_ids)
         if keep_strong:
             v_weak = torch.where(dropped_pixels(weak_ids, n_weak, weak_model.config.patch_size), v_strong, v_weak)
-        return combine(v_strong, v_weak, self.guidance.omega, self.guidance.cfg_channels)
+        return combine(v_strong, v_weak, self.guidance.omega_at(t), self.guidance.cfg_channels)
 
 
 Denoise = Callable[[torch.Tensor, float, float, torch.Tensor, Sequence[torch.Generator]], torch.Tensor]

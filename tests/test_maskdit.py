@@ -143,19 +143,18 @@ def test_checkpoint_with_code_or_without_tensors_gets_one_clear_error(tmp_path):
     torch.save({"ema": {"x": torch.zeros(1)}, "evil": Payload()}, tmp_path / "evil.pt")
     net = MaskDiT(MaskDiTConfig(input_size=8, hidden_size=32, depth=1, num_heads=2, num_classes=10,
                                 decoder_depth=1, decoder_hidden_size=32, decoder_num_heads=2))
-    with pytest.raises(HarnessError, match="evil.pt: cannot read checkpoint"):
+    with pytest.raises(HarnessError, match=r"evil.pt: needs pickled code \(builtins.print\)"):
         load_checkpoint(net, tmp_path / "evil.pt")
     torch.save({"args": argparse.Namespace(lr=1e-4), "step": 3}, tmp_path / "args_only.pt")
-    with pytest.raises(HarnessError, match="args_only.pt: not a state dict of tensors"):
+    with pytest.raises(HarnessError, match="args_only.pt: holds no state dict of tensors"):
         load_checkpoint(net, tmp_path / "args_only.pt")
 
 
 def test_wrong_size_names_the_layout(official_state, tmp_path):
     torch.save({"ema": official_state}, tmp_path / "small.pt")
     spec = ModelSpec("MaskDiT-S/2", str(tmp_path / "small.pt"), sparsity="masking")
-    with pytest.raises(HarnessError, match="MaskDiT layout") as err:
+    with pytest.raises(HarnessError, match="does not fit MaskDiT-S/2: 2 blocks in the file, MaskDiT-S/2 has 12; width 64 in the file, 384 "):
         build_model(spec)
-    assert "mis-shaped keys" in str(err.value)
 
 
 def test_presets_keep_the_hard_coded_decoder_at_every_size():

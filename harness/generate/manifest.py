@@ -52,13 +52,17 @@ def weights_fingerprint(run: Run) -> dict[str, str]:
             if spec.checkpoint and Path(spec.checkpoint).is_file()}
 
 
-def make_manifest(run: Run, run_dir: Path, env: dict[str, Any], dry_run: bool, complete: bool) -> dict[str, Any]:
+def make_manifest(run: Run, run_dir: Path, env: dict[str, Any], dry_run: bool, complete: bool,
+                  models: dict[str, Any] | None = None) -> dict[str, Any]:
     """manifest.json of a run: its resolved config and hash, the checkpoints' sha256 (pinned once a shard exists:
-    a checkpoint that failed to load pins nothing), the environment, and whether all shards exist."""
+    a checkpoint that failed to load pins nothing) and, once `models` are loaded, what was taken from each file
+    (format, wrapper, EMA or trained weights, step), the environment, and whether all shards exist."""
     pinned = not dry_run and any(run_dir.glob(SHARD_GLOB))
+    loaded = {run.model_keys[role]: m.checkpoint for role, m in (models or {}).items()
+              if getattr(m, "checkpoint", None)}
     return {"run": run.run_id, "suite": run.suite, "config": run.config, "config_hash": run.config_hash,
-            "weights_sha256": weights_fingerprint(run) if pinned else {}, **env, "dry_run": dry_run,
-            "complete": complete}
+            "weights_sha256": weights_fingerprint(run) if pinned else {},
+            **({"checkpoints": loaded} if loaded else {}), **env, "dry_run": dry_run, "complete": complete}
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

@@ -216,7 +216,8 @@ def run_batches(run: Run, run_dir: Path, cache: ModelCache, env: dict[str, Any],
         complete = all(shard_path(run_dir, s.start).is_file() for s in plan_shards(run.samples, run.batch_size))
         if adm_npz and complete:
             write_adm_npz(run_dir, run.samples)
-        write_json(run_dir / RUN_MANIFEST, make_manifest(run, run_dir, env, dry_run, complete=complete))
+        write_json(run_dir / RUN_MANIFEST, make_manifest(run, run_dir, env, dry_run, complete=complete,
+                                                                models=models))
     return RunResult(run.run_id, run_dir, sum(len(s) for s in todo), kept, sum(b["total"] for b in batches))
 
 

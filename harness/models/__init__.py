@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from harness.models.adapters import CONVENTIONS, DEFAULT_DROPPED, DROPPED, FlowM
 from harness.models.checkpoint import load_checkpoint
 from harness.models.dit import DiTConfig, SparseDiT
 from harness.models.maskdit import MaskDiT, MaskDiTConfig
+from harness.models.mdt import MDT_ARCHS, MDTConfig, MDTv2
 from harness.models.microdit import MICRODIT_ARCHS, MicroDiT, MicroDiTConfig
 from harness.models.pixart import PIXART_ARCHS, PixArtConfig, PixArtNetwork
 from harness.models.textdit import TextDiT, TextDiTConfig
@@ -33,7 +35,7 @@ class Family:
 # Network families by name; an ARCHS preset names its family under "family" (default "dit").
 FAMILIES: dict[str, Family] = {"dit": Family(DiTConfig, SparseDiT), "maskdit": Family(MaskDiTConfig, MaskDiT),
                                "textdit": Family(TextDiTConfig, TextDiT), "microdit": Family(MicroDiTConfig, MicroDiT),
-                               "pixart": Family(PixArtConfig, PixArtNetwork)}
+                               "pixart": Family(PixArtConfig, PixArtNetwork), "mdt": Family(MDTConfig, MDTv2)}
 
 
 def family_of(config) -> Family:
@@ -75,6 +77,7 @@ ARCHS["TextDiT-Tiny"] = dict(family="textdit", depth=2, hidden_size=32, num_head
                              in_channels=3, text_dim=16, text_len=8, convention="sit")
 ARCHS.update(MICRODIT_ARCHS)  # MicroDiT-XL/2 (512 px, released checkpoints), MicroDiT-Tiny/2, MicroDiT-Test
 ARCHS.update(PIXART_ARCHS)  # PixArt-Sigma-XL/2-512, -1024 (diffusers' transformer, routed by hooks), PixArt-Test
+ARCHS.update(MDT_ARCHS)  # MDTv2-S/2 ... MDTv2-XL/2 (sail-sg/MDT; the released checkpoint is XL/2, decode_layer 4)
 
 
 @dataclass
@@ -90,6 +93,7 @@ class ModelSpec:
     dropped: str = DEFAULT_DROPPED  # masking models: what a masked weak branch keeps at its dropped positions
     text_encoder: str | None = None  # a TEXT_ENCODERS name, for text-conditioned networks
     text_encoder_options: dict = field(default_factory=dict)
+    weights: str | None = None  # "ema" | "model": which weights of a training checkpoint (default: EMA if present)
 
     def config(self):
         """The family's config (a frozen dataclass; DiTConfig for DiT/SiT) and the convention name."""
@@ -125,8 +129,13 @@ def build_model(spec: ModelSpec, device: torch.device | str = "cpu", root: Path 
         path = Path(spec.checkpoint)
         if root is not None and not path.is_absolute():
             path = root / path
-        load_checkpoint(getattr(net, "weights_module", net), path)  # a wrapped diffusers model loads its own
-    return FlowModel(net.to(device).eval(), convention, dropped=spec.dropped)
+        # a wrapped diffusers model loads its own weights module
+        loaded = load_checkpoint(getattr(net, "weights_module", net), path, spec.weights, spec.arch)
+        if loaded.ignored:
+            print(f"{path}: not used: {', '.join(loaded.ignored)}", file=sys.stderr)
+    flow = FlowModel(net.to(device).eval(), convention, dropped=spec.dropped)
+    flow.checkpoint = loaded.summary() if spec.checkpoint else None  # for the run's manifest
+    return flow
 
 
 def randomize_weights(model: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torch.nn.Module:

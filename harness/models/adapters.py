@@ -123,6 +123,7 @@ class FlowModel(nn.Module):
         if conditions is None and hasattr(net.config, "num_classes"):
             conditions = ClassConditions(net.config.num_classes)
         self.conditions = conditions  # a text-conditioned network gets PromptConditions from the runner
+        self.checkpoint: dict | None = None  # what build_model took from the checkpoint file, for the manifest
         if convention == "dit":
             abar = _dit_alphas_cumprod()
             self.register_buffer("log_snr", torch.log(abar / (1 - abar)).float().flip(0), persistent=False)
@@ -133,7 +134,9 @@ class FlowModel(nn.Module):
 
     def conditioned(self, conditions) -> "FlowModel":
         """A view of this model (the same network) that resolves conditions with `conditions` (a prompt set's)."""
-        return FlowModel(self.net, self.convention, conditions, self.dropped, self.rows)
+        view = FlowModel(self.net, self.convention, conditions, self.dropped, self.rows)
+        view.checkpoint = self.checkpoint
+        return view
 
     @property
     def num_classes(self) -> int:

@@ -262,7 +262,9 @@ def _model_spec(key: str, table: ModelTable, root: Path, where: _Where) -> Model
     spec = ModelSpec(arch=table.arch, checkpoint=str(checkpoint) if checkpoint else None, sparsity=table.sparsity,
                      route=tuple(table.route) if table.route else None, vae=table.vae, overrides=table.overrides(),
                      dropped=table.dropped or DEFAULT_DROPPED, text_encoder=table.text_encoder,
-                     text_encoder_options=dict(table.text_encoder_options or {}))
+                     text_encoder_options=dict(table.text_encoder_options or {}), weights=table.weights)
+    if table.weights is not None and table.checkpoint is None:
+        raise where.error(where_m, "weights", "chooses among a checkpoint's weights, and this model has no checkpoint")
     if table.dropped is not None and table.sparsity != "masking":
         raise where.error(where_m, "dropped", f"only a masking model drops tokens (this model has "
                                               f"{table.sparsity!r})")
@@ -385,7 +387,8 @@ def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any]
     interval = tuple(point["interval"]) if "interval" in point else None
     guidance = GuidanceSpec(method=method, omega=point.get("omega", 1.0), gamma_strong=gamma_strong,
                             gamma_weak=gamma_weak if METHODS[method] is not None else None, interval=interval,
-                            cfg_channels=None if channels == "all" else int(channels))
+                            cfg_channels=None if channels == "all" else int(channels),
+                            omega_power=table.omega_power_cosine)
     samples = samples_override or table.samples or prompts.samples
     sampler = {**doc.sampler.model_dump(), **(table.sampler.model_dump(exclude_none=True) if table.sampler else {})}
     if sampler["kind"] != "edm_heun":  # its schedule does not apply: leave it out of the config (and its hash)
@@ -404,7 +407,8 @@ def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any]
         "sampler": sampler,
         "models": {k: {"arch": t.arch, "checkpoint": t.checkpoint, "sparsity": t.sparsity, "route": t.route,
                        "vae": t.vae, "overrides": t.overrides(),
-                       **({"dropped": models[k].dropped} if t.sparsity == "masking" else {})}
+                       **({"dropped": models[k].dropped} if t.sparsity == "masking" else {}),
+                       **({"weights": t.weights} if t.weights else {})}  # set only: earlier hashes stay
                    for k, t in model_tables.items()},
         "run": {"id": run_id, "name": table.name, "method": method, "model": keys["main"],
                 "weak_model": keys.get("weak"), "omega": guidance.omega, "gamma_strong": _gamma_json(gamma_strong),
@@ -412,6 +416,8 @@ def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any]
                 "cfg_channels": channels if METHODS[method] is not None else None, "samples": samples,
                 "paper": list(table.paper or []), "precision": precision, "compile": compiled},
     }
+    if table.omega_power_cosine is not None:  # set only, so earlier runs keep their config hashes
+        config["run"]["omega_power_cosine"] = table.omega_power_cosine
     if prompts.spec is not None:  # only text suites carry these, so class suites keep their config hashes
         # the prompt texts' sha256: an edited prompt file changes the samples, so it changes the hash
         config["suite"].update(prompts=prompts.spec, images_per_prompt=prompts.per_prompt,

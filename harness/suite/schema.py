@@ -79,6 +79,7 @@ class ModelTable(_Table):
 
     arch: str
     checkpoint: str | None = None
+    weights: Literal["ema", "model"] | None = None  # a training checkpoint's EMA or trained weights (default: EMA)
     sparsity: Literal["none", "routing", "masking"] = "none"
     route: Annotated[list[int], Field(min_length=2, max_length=2)] | None = None
     vae: str | None = None
@@ -118,7 +119,7 @@ class ModelTable(_Table):
 
     def overrides(self) -> dict[str, Any]:
         """The DiTConfig fields (and convention) this table sets over its architecture's preset."""
-        skip = {"arch", "checkpoint", "sparsity", "route", "vae", "cfg_channels", "dropped", "text_encoder",
+        skip = {"arch", "checkpoint", "weights", "sparsity", "route", "vae", "cfg_channels", "dropped", "text_encoder",
                 "text_encoder_options", "options"}
         named = {k: v for k, v in self.model_dump().items() if k not in skip and v is not None}
         return {**(self.options or {}), **named}
@@ -171,6 +172,9 @@ class RunTable(_Table):
     gamma_weak: list[GammaTable] | None = _grid_field()
     interval: list[_Interval] | None = _grid_field()
     cfg_channels: list[Literal["all", 3]] | None = _grid_field()
+    # MDT's CFG weight schedule: omega ramps from 1 (noise) to omega (data) as 1 + (omega - 1)(1 - cos(pi (1 -
+    # k/1000)^power)) / 2 over the DDPM step k with t's SNR (sail-sg/MDT image_sample.py: omega 3.8, power 4)
+    omega_power_cosine: float | None = Field(None, gt=0)
     seed: list[Annotated[int, Field(ge=0)]] | None = _grid_field()  # overrides [suite] seed; a list measures spread
     paper: list[Annotated[str, Field(pattern=r"^[^:]+:[^:]+$")]] | None = None
     samples: int | None = Field(None, ge=1)
