@@ -33,7 +33,6 @@ from harness.prompts.sets import PromptSet
 
 RESULTS_FILE = "results.jsonl"  # GenEval's per-image results, official format
 METRICS_FILE = "metrics.json"
-CLIP_MODEL = ("ViT-L-14", "openai")
 HPSV3_FOLDER = "hpsv3"  # a run's images in HPSv3's layout, for the worker
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,7 +207,3 @@ def folder_problems(folder: Path, layout: str, samples: Sequence[Sample]) -> lis
         problems.append(f"{sum(modes.values())} image(s) not RGB ({', '.join(sorted(modes))}), converted")
     return problems
 
-
-def iter_images(samples: Iterable[Sample]) -> Iterator[np.ndarray]:
-    for sample in samples:
-        yield sample.load()

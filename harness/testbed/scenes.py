@@ -12,7 +12,6 @@ always accepts.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -110,11 +109,6 @@ def training_prompts() -> dict[str, list[dict]]:
     """The training grammar per task, minus the evaluation prompts of HELD_OUT_TASKS."""
     held = {m["prompt"] for m in evaluation_prompts() if m["tag"] in HELD_OUT_TASKS}
     return {tag: [m for m in all_prompts(tag) if m["prompt"] not in held] for tag in TASKS}
-
-
-def write_evaluation_metadata(path: str | Path = EVAL_FILE) -> None:
-    """GenEval's evaluation_metadata.jsonl layout: one JSON object per line."""
-    Path(path).write_text("".join(json.dumps(m) + "\n" for m in evaluation_prompts()))
 
 
 #################################################################################
