@@ -15,7 +15,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from harness.cost import _cpu_flash_attention_flop
+from harness.cost.flops import _cpu_flash_attention_flop
 
 aten = torch.ops.aten
 # Text encoder name -> (kind, constructor arguments, tokens per prompt)

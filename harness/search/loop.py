@@ -93,7 +93,9 @@ def point_costs(runs: Sequence[Run], options: SearchOptions, budget: Budget,
     from harness.cost import measure_costs
 
     if options.cost == "img_per_s" or budget.unit == "gpu_hours":
-        measure_costs(runs, options.runs_root, options.device, dry_run=options.dry_run, cache=cache)
+        if cache is None:
+            cache = ModelCache(distributed.resolve_device(options.device), options.dry_run)
+        measure_costs(runs, options.runs_root, cache)
     out = {}
     for run in runs:
         path = run_dir_of(options.runs_root, run) / COST_FILE
