@@ -28,7 +28,7 @@ plan: setup
 	$(BIN)/harness plan suites/$(SUITE).toml $(ARGS)
 
 perf: setup
-	$(BIN)/python -m benchmarks.perf $(ARGS)
+	$(BIN)/python -m perf.run $(ARGS)
 
 # Headless Chromium for the HTML report's browser tests (Debian's package; playwright drives it, downloads nothing).
 browser:
@@ -36,7 +36,7 @@ browser:
 
 # Load time of the HTML report in headless Chromium and report folder sizes (testbed-like and a 4,000-image text suite).
 report-bench: setup
-	$(BIN)/python -m benchmarks.report_page $(ARGS)
+	$(BIN)/python -m perf.report_page $(ARGS)
 
 # The three parts train side by side, one thread each (about an hour on a 2-core machine), as the committed
 # checkpoints were made; then the text-to-image testbed's detector and model side by side (TextDiT + word encoder,

@@ -1,6 +1,6 @@
 """Metric performance: Inception images/s (harness vs torch-fidelity) and precision/recall peak memory.
 
-Run as `python -m benchmarks.perf_metrics [--device cuda]`; prints one JSON object (run_benchmarks returns it).
+Run as `python -m perf.metrics_perf [--device cuda]`; prints one JSON object (run_benchmarks returns it).
 Inception uses random weights written to a temporary file, so it runs offline; speed does not depend on them.
 """
 

@@ -1,7 +1,7 @@
 """The full-grid reference of `harness search` on suites/testbed_search.toml, from a finished full grid.
 
     harness generate suites/testbed_search.toml --out runs/reference         # every point at the suite's samples
-    python -m benchmarks.search_reference --runs runs/reference               # this script
+    python -m perf.search_reference --runs runs/reference               # this script
 
 Measures every point of the grid at every whole-shard prefix of its images (32, 64, ..., the suite's samples) with
 the Evaluator's own metric code, and writes tests/fixtures/search/: `reference.csv` (the full grid at the suite's
@@ -76,7 +76,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "reference.csv", index=False)
     (out / "prefix_metrics.json").write_text(json.dumps(
-        {"suite": suite.name, "made_by": "python -m benchmarks.search_reference (measured by this harness on the "
+        {"suite": suite.name, "made_by": "python -m perf.search_reference (measured by this harness on the "
                                          "testbed; not a paper number)",
          "points": measured}, indent=1) + "\n")
     print(f"measured {len(measured)} points at {suite.batch_size}-image prefixes in "

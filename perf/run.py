@@ -49,7 +49,7 @@ CASES: dict[str, tuple[str, GuidanceSpec]] = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.perf", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m perf.run", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--arch", nargs="+", help="architectures (default SiT-B/2 SiT-XL/2 on a GPU, SiT-S/4 "
                                                   "SiT-S/2 on a CPU)")
@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="torch.compile the models (the warm-up compiles)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=Path("reports/perf/perf.json"))
-    parser.add_argument("--skip-metrics", action="store_true", help="leave out benchmarks/perf_metrics.py")
+    parser.add_argument("--skip-metrics", action="store_true", help="leave out perf/metrics_perf.py")
     args = parser.parse_args(argv)
     gpu = torch.device(args.device).type == "cuda"
     args.arch = args.arch or (["SiT-B/2", "SiT-XL/2"] if gpu else ["SiT-S/4", "SiT-S/2"])
@@ -151,11 +151,11 @@ def padding_gain(device: torch.device, arch: str = "Testbed-S/4", batch: int = 5
 
 
 def perf_metrics(device: torch.device) -> dict[str, Any] | None:
-    """The metrics' benchmark (benchmarks/perf_metrics.py, `run_benchmarks(device)`), when that file exists."""
+    """The metrics' benchmark (perf/metrics_perf.py, `run_benchmarks(device)`), when that file exists."""
     try:
-        module = importlib.import_module("benchmarks.perf_metrics")
+        module = importlib.import_module("perf.metrics_perf")
     except ModuleNotFoundError as err:
-        if err.name != "benchmarks.perf_metrics":
+        if err.name != "perf.metrics_perf":
             raise
         return None
     return module.run_benchmarks(str(device))
