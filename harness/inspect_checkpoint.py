@@ -80,13 +80,7 @@ def inspect_checkpoint(path: Path, weights: str | None = None) -> str:
         table.append(f'sparsity = "{sparsity}"  # the file has the decoder that masking builds')
     if ckpt.weights in ("ema", "model") and (ckpt.others or weights):
         table.append(f'weights = "{ckpt.weights}"')
-    from harness.suite.schema import ModelTable
-
-    named = {k: v for k, v in options.items() if k in ModelTable.model_fields}
-    other = {k: v for k, v in options.items() if k not in named}  # family fields the table takes under `options`
-    table += [f"{k} = {_toml(v)}" for k, v in named.items()]
-    if other:
-        table.append(f"options = {{ {', '.join(f'{k} = {_toml(v)}' for k, v in other.items())} }}")
+    table += [f"{k} = {_toml(v)}" for k, v in options.items()]  # the family's config fields, checked by the family
     return "\n".join(lines + ["", *table])
 
 

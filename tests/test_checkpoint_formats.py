@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from conftest import suite_text
 from harness.errors import HarnessError
 from harness.models import ModelSpec, build_model, randomize_weights
 from harness.models.ckpt_files import read_checkpoint
@@ -218,30 +219,8 @@ def test_bad_files_get_one_sentence(case, expected, tmp_path, capsys):
     assert "ran code" not in capsys.readouterr().out
 
 
-SUITE = """\
-[suite]
-name = "ckpt"
-samples = 2
-batch_size = 2
-seed = 0
-metrics = ["fd_testbed"]
-
-[sampler]
-kind = "euler"
-steps = 1
-
-[models.main]
-arch = "Testbed-XS/4"
-checkpoint = "step_1200.pt"
-{weights}
-[[runs]]
-name = "plain"
-method = "none"
-"""
-
-
 @pytest.mark.parametrize("weights", [None, "model"])
-def test_weights_choice_and_step_reach_the_config_and_manifest(weights, nets, tmp_path):
+def test_weights_choice_and_step_reach_the_config_and_manifest(weights, nets, tmp_path, write_suite):
     import json
 
     from harness.cli import main
@@ -250,8 +229,9 @@ def test_weights_choice_and_step_reach_the_config_and_manifest(weights, nets, tm
     trained, ema = nets
     torch.save({"model_state_dict": trained.state_dict(), "ema_state_dict": ema.state_dict(), "step": 1200},
                tmp_path / "step_1200.pt")
-    suite_file = tmp_path / "ckpt.toml"
-    suite_file.write_text(SUITE.format(weights=f'weights = "{weights}"\n' if weights else ""))
+    suite_file = write_suite("ckpt.toml", suite={"name": "ckpt", "samples": 2, "batch_size": 2}, sampler={"steps": 1},
+                             main={"checkpoint": "step_1200.pt", "weights": weights, "sparsity": None, "route": None},
+                             runs=[{"name": "plain", "method": "none"}])
     run = load_suite(suite_file, root=tmp_path).runs[0]
     assert run.models["main"].weights == weights
     assert run.config["models"]["main"].get("weights") == weights  # absent by default: earlier hashes unchanged
@@ -278,7 +258,7 @@ def test_inspect_reports_the_file_and_a_table_that_loads(nets, tmp_path, capsys)
     table = out[out.index("[models.main]"):]
     assert 'weights = "ema"' in table
     suite = tmp_path / "s.toml"
-    suite.write_text(SUITE.split("[models.main]")[0] + table + '\n[[runs]]\nname = "plain"\nmethod = "none"\n')
+    suite.write_text(suite_text(models={}, runs=[{"name": "plain", "method": "none"}]) + table)  # the table as printed
     spec = load_suite(suite, root=tmp_path).runs[0].models["main"]
     assert _same(build_model(spec).net, ema)
 
@@ -295,10 +275,9 @@ def test_inspect_of_an_unknown_layout_and_of_a_bad_file(tmp_path, capsys):
     assert "notes.pt: is not a PyTorch or safetensors file" in capsys.readouterr().err
 
 
-def test_weights_without_a_checkpoint_is_a_suite_error(tmp_path):
+def test_weights_without_a_checkpoint_is_a_suite_error(tmp_path, write_suite):
     from harness.suite import load_suite
 
-    suite_file = tmp_path / "s.toml"
-    suite_file.write_text(SUITE.format(weights='weights = "ema"\n').replace('checkpoint = "step_1200.pt"\n', ""))
+    suite_file = write_suite("s.toml", main={"weights": "ema"})
     with pytest.raises(HarnessError, match=r"s.toml: \[models.main\]: field 'weights': chooses among a checkpoint"):
         load_suite(suite_file, root=tmp_path)

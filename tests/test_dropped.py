@@ -68,37 +68,21 @@ def test_strong_option_keeps_batch_invariance_and_differs_from_decoder():
     assert not np.array_equal(full, generate({"main": model}, spec, sampler, list(range(5)))[0])
 
 
-def test_dropped_is_a_masking_model_option_recorded_with_the_run(tmp_path):
-    base = (tmp_path / "base.toml")
-    text = '''
-[suite]
-name = "d"
-samples = 4
-batch_size = 4
-[models.main]
-arch = "Testbed-XS/4"
-sparsity = "masking"
-{extra}
-[[runs]]
-name = "sg"
-method = "sg"
-gamma_strong = 0.1
-gamma_weak = 0.4
-omega = 2.0
-'''
+def test_dropped_is_a_masking_model_option_recorded_with_the_run(write_suite):
+    def suite(**main):
+        return write_suite("base.toml", suite={"name": "d", "samples": 4}, main={"sparsity": "masking", "route": None,
+                                                                                  **main})
+
     hashes = {}
-    for extra in ("", 'dropped = "decoder"', 'dropped = "strong"'):
-        base.write_text(text.format(extra=extra))
-        run = load_suite(base).runs[0]
-        hashes[extra] = run.config_hash
+    for dropped in (None, "decoder", "strong"):
+        run = load_suite(suite(dropped=dropped)).runs[0]
+        hashes[dropped] = run.config_hash
         assert run.config["models"]["main"]["dropped"] == run.models["main"].dropped
-    assert hashes[""] == hashes['dropped = "decoder"'] != hashes['dropped = "strong"']  # the default is "decoder"
-    base.write_text(text.format(extra='dropped = "zeros"'))
+    assert hashes[None] == hashes["decoder"] != hashes["strong"]  # the default is "decoder"
     with pytest.raises(HarnessError, match="dropped"):
-        load_suite(base)
-    base.write_text(text.replace('"masking"', '"routing"\nroute = [1, 2]').format(extra='dropped = "strong"'))
+        load_suite(suite(dropped="zeros"))
     with pytest.raises(HarnessError, match="only a masking model drops tokens"):
-        load_suite(base)
+        load_suite(suite(dropped="strong", sparsity="routing", route=[1, 2]))
 
 
 def test_edm_heun_schedule_and_cost_accounting():
@@ -125,31 +109,18 @@ def test_edm_heun_schedule_and_cost_accounting():
     torch.testing.assert_close(out, target)
 
 
-def test_suite_overrides_take_maskdit_constructor_names(tmp_path):
-    path = tmp_path / "m.toml"
-    text = '''
-[suite]
-name = "m"
-samples = 4
-batch_size = 4
-[sampler]
-kind = "edm_heun"
-steps = 3
-[models.main]
-arch = "MaskDiT-S/2"
-{extra}
-[[runs]]
-name = "u"
-method = "none"
-'''
-    path.write_text(text.format(extra="use_decoder = false\nmae_loss_coef = 0.0\nsigma_data = 1.0\ndepth = 2"))
+def test_suite_overrides_take_maskdit_constructor_names(write_suite):
+    def write(sampler=None, **main):
+        return write_suite("m.toml", suite={"name": "m", "samples": 4}, sampler={"kind": "edm_heun", "steps": 3,
+                                                                                 **(sampler or {})},
+                           models={"main": {"arch": "MaskDiT-S/2", **main}}, runs=[{"name": "u", "method": "none"}])
+
+    path = write(use_decoder=False, mae_loss_coef=0.0, sigma_data=1.0, depth=2)
     suite = load_suite(path)
     config, convention = suite.models["main"].config()
     assert (config.use_decoder, config.mae_loss_coef, config.sigma_data, config.depth) == (False, 0.0, 1.0, 2)
     assert suite.runs[0].sampler.nfe == 5 and convention == "edm"
-    path.write_text(text.format(extra="class_in_tokens = true"))
     with pytest.raises(HarnessError, match=r"\[models.main\].*class_in_tokens"):
-        load_suite(path)
-    path.write_text(text.format(extra="").replace("steps = 3", "steps = 3\nsigma_min = 90.0"))
+        load_suite(write(class_in_tokens=True))
     with pytest.raises(HarnessError, match=r"\[sampler\].*sigma_min < sigma_max"):
-        load_suite(path)
+        load_suite(write(sampler={"sigma_min": 90.0}))

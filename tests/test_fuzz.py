@@ -12,49 +12,14 @@ import numpy as np
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from conftest import suite_text, toml_value
 from harness.errors import HarnessError
 
 FAST = settings(max_examples=int(__import__("os").environ.get("FUZZ_EXAMPLES", 60)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-SUITE = """\
-[suite]
-name = "f"
-samples = 8
-batch_size = 4
-seed = 0
-metrics = ["fd_testbed"]
-
-[sampler]
-kind = "euler"
-steps = 2
-
-[models.main]
-arch = "Testbed-XS/4"
-sparsity = "routing"
-route = [1, 2]
-
-[[runs]]
-name = "sg"
-method = "sg"
-gamma_strong = 0.25
-gamma_weak = 0.5
-omega = 1.5
-"""
+SUITE = suite_text(suite={"name": "f"})
 LINES = SUITE.splitlines()
 FIELDS = [i for i, line in enumerate(LINES) if " = " in line]
-
-
-def toml_value(value) -> str:
-    """A TOML literal of a Python value (strings as JSON, whose escapes TOML mostly shares)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return {"nan": "nan", "inf": "inf", "-inf": "-inf"}.get(repr(value), repr(value))
-    if isinstance(value, (int, str)):
-        return json.dumps(value) if isinstance(value, str) else str(value)
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
-    return "[" + ", ".join(toml_value(v) for v in value) + "]"
 
 
 SCALARS = st.one_of(st.booleans(), st.integers(-10**20, 10**20), st.floats(), st.text(max_size=12),

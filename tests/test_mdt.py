@@ -151,7 +151,7 @@ def test_inspect_finds_mdt_trained_with_another_decode_layer(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "architecture  MDTv2-S/2: family mdt" in out and "6 de_blocks" in out and "3 en_inblocks" in out
     table = out[out.index("[models.main]"):]
-    assert "options = { decode_layer = 6 }" in table and "input_size = 8" in table and "num_classes = 10" in table
+    assert "decode_layer = 6" in table and "input_size = 8" in table and "num_classes = 10" in table
     (tmp_path / "s.toml").write_text('[suite]\nname = "m"\nsamples = 2\nbatch_size = 2\nmetrics = ["fid"]\n'
                                      '[sampler]\nkind = "euler"\nsteps = 1\n' + table
                                      + '\n[[runs]]\nname = "u"\nmethod = "none"\n')

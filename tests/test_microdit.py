@@ -122,40 +122,24 @@ def test_masking_saves_flops_after_the_patch_mixer():
     config, _ = ModelSpec("MicroDiT-Test", sparsity="masking").config()
     dense, masked = count_forward(config, 0.0)[0], count_forward(config, 0.75)[0]
     assert 0.5 * dense < masked < dense  # the patch-mixer and the caption blocks always run on everything
-    with pytest.raises(ValueError, match="sparsity 'masking' or 'none'"):
+    with pytest.raises(ValueError, match="MicroDiT supports sparsity 'none' or 'masking', got 'routing'"):
         ModelSpec("MicroDiT-Test", sparsity="routing", route=(0, 1)).config()
 
 
-def test_suite_options_take_the_upstream_constructor_names(tmp_path):
+def test_suite_options_take_the_upstream_constructor_names(write_suite):
     from harness.suite import load_suite
 
-    text = """[suite]
-name = "x"
-batch_size = 4
-seed = 0
-prompts = "geneval"
-images_per_prompt = 1
-samples = 4
-[sampler]
-kind = "edm_heun"
-steps = 2
-[models.main]
-arch = "MicroDiT-Test"
-sparsity = "masking"
-text_encoder = "random"
-options = { expert_capacity = 1.0, experts_every_n = 3 }
-[[runs]]
-name = "cfg"
-method = "cfg"
-omega = 5.0
-"""
-    suite = tmp_path / "s.toml"
-    suite.write_text(text)
-    config, convention = load_suite(suite).models["main"].config()
+    def write(**options):
+        return write_suite("s.toml", suite={"name": "x", "prompts": "geneval", "images_per_prompt": 1, "samples": 4,
+                                             "metrics": None},
+                           sampler={"kind": "edm_heun"}, runs=[{"name": "cfg", "method": "cfg", "omega": 5.0}],
+                           models={"main": {"arch": "MicroDiT-Test", "sparsity": "masking", "text_encoder": "random",
+                                            "options": options}})
+
+    config, convention = load_suite(write(expert_capacity=1.0, experts_every_n=3)).models["main"].config()
     assert (config.expert_capacity, config.experts_every_n, convention) == (1.0, 3, "edm")
-    suite.write_text(text.replace("experts_every_n", "expert_every_n"))
-    with pytest.raises(HarnessError, match=r"s.toml: \[models.main\]: unknown model option.*expert_every_n"):
-        load_suite(suite)
+    with pytest.raises(HarnessError, match=r"s.toml: \[models.main\]: field 'expert_every_n': unknown model option"):
+        load_suite(write(expert_capacity=1.0, expert_every_n=3))
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import suite_text
 from harness.cli import build_parser, cmd_bench, main
 from harness.errors import HarnessError
 from harness.prompts import load_prompts, read_prompt_file
@@ -39,37 +40,20 @@ def tiny_textdit_checkpoint(path: Path) -> Path:
 
 
 def text_suite(folder: Path, checkpoint: Path | None, prompts: str = "prompts.txt", samples: int = 10,
-               batch_size: int = 4, extra: str = "", method: str = "cfg+sg") -> Path:
+               batch_size: int = 4, method: str = "cfg+sg") -> Path:
+    """A TextDiT-Tiny suite over PROMPTS (written to prompts.txt) with one run of `method`."""
     (folder / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
-    ckpt = f'checkpoint = "{checkpoint}"' if checkpoint else ""
+    run = {"name": "g", "method": method, "omega": 2.0}
+    if method != "icg":
+        run.update(gamma_strong=0.25, gamma_weak=0.5)
     path = folder / "suite.toml"
-    path.write_text(f"""\
-[suite]
-name = "t2i"
-samples = {samples}
-batch_size = {batch_size}
-seed = 3
-prompts = "{prompts}"
-images_per_prompt = 2
-{extra}
-[sampler]
-steps = 2
-
-[models.main]
-arch = "TextDiT-Tiny"
-{ckpt}
-sparsity = "routing"
-route = [0, 1]
-text_encoder = "random"
-text_encoder_options = {{ dim = 16, length = 8 }}
-
-[[runs]]
-name = "g"
-method = "{method}"
-gamma_strong = 0.25
-gamma_weak = 0.5
-omega = 2.0
-""".replace('method = "icg"\ngamma_strong = 0.25\ngamma_weak = 0.5', 'method = "icg"'))
+    path.write_text(suite_text(
+        suite={"name": "t2i", "samples": samples, "batch_size": batch_size, "seed": 3, "prompts": prompts,
+               "images_per_prompt": 2, "metrics": None},
+        sampler={"kind": None},
+        main={"arch": "TextDiT-Tiny", "checkpoint": str(checkpoint) if checkpoint else None, "route": [0, 1],
+              "text_encoder": "random", "text_encoder_options": {"dim": 16, "length": 8}},
+        runs=[run]))
     return path
 
 

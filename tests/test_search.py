@@ -135,40 +135,15 @@ def test_reference_is_the_prefix_measurement_at_full_samples():
 #                          The real loop on a tiny grid                         #
 #################################################################################
 
-TINY = """
-[suite]
-name = "tiny_search"
-samples = 8
-batch_size = 4
-seed = 0
-labels = "balanced"
-metrics = ["fd_testbed", "class_acc"]
-reference = "testbed:200"
-
-[sampler]
-kind = "euler"
-steps = 2
-
-[models.main]
-arch = "Testbed-S/4"
-checkpoint = "{checkpoint}"
-sparsity = "routing"
-route = [1, 4]
-
-[[runs]]
-name = "sg"
-method = "sg"
-gamma_strong = [0.0, 0.5]
-gamma_weak = 0.9
-omega = [1.5, 4.0]
-"""
-
-
 @pytest.fixture
-def tiny_suite(tmp_path):
-    path = tmp_path / "tiny.toml"
-    path.write_text(TINY.format(checkpoint=REPO / "checkpoints" / "testbed_routing.safetensors"))
-    return path
+def tiny_suite(write_suite):
+    """An SG grid of four runs on the committed routing testbed model, measured against 200 reference images."""
+    return write_suite("tiny.toml", suite={"name": "tiny_search", "labels": "balanced", "reference": "testbed:200",
+                                           "metrics": ["fd_testbed", "class_acc"]},
+                       main={"arch": "Testbed-S/4", "route": [1, 4],
+                             "checkpoint": str(REPO / "checkpoints" / "testbed_routing.safetensors")},
+                       runs=[{"name": "sg", "method": "sg", "gamma_strong": [0.0, 0.5], "gamma_weak": 0.9,
+                              "omega": [1.5, 4.0]}])
 
 
 def _search(suite: Path, out: Path, *extra: str) -> int:

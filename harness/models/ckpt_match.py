@@ -53,21 +53,18 @@ def layout_of(shapes: dict[str, torch.Tensor | torch.Size | tuple[int, ...]]) ->
                   pos[1] if pos and len(pos) == 3 else None, dims.get("y_embedder.embedding_table.weight"), out)
 
 
-# Structural options a family's presets are trained with besides the preset's own value (sail-sg/MDT's README trains
-# MDTv2-S/2 with decode_layer 6, XL/2 with 4), tried when matching a file.
-VARIANTS: dict[str, list[dict[str, object]]] = {"mdt": [{"decode_layer": n} for n in (2, 6, 8)]}
 Variant = tuple[str, str, tuple[tuple[str, object], ...]]  # (preset name, sparsity, structural overrides)
 
 
 @lru_cache(maxsize=1)
 def variant_layouts() -> dict[Variant, Layout]:
     """The Layout of every registered preset, with sparsity "masking" where that builds more (a masking-capable DiT's
-    decoder) and with the family's VARIANTS, built on the meta device (no memory, no weights)."""
-    from harness.models import ARCHS, ModelSpec, family_of
+    decoder) and with the family's checkpoint_variants, built on the meta device (no memory, no weights)."""
+    from harness.models import ARCHS, FAMILIES, ModelSpec, family_of
 
     out: dict[Variant, Layout] = {}
     for name, preset in ARCHS.items():
-        for extra in [{}, *VARIANTS.get(preset.get("family", "dit"), [])]:
+        for extra in [{}, *FAMILIES[preset["family"]].checkpoint_variants]:
             for sparsity in ("none", "masking"):
                 try:
                     config, _ = ModelSpec(name, sparsity=sparsity, overrides=extra).config()
@@ -155,5 +152,5 @@ def _modules(keys: frozenset[str], skip: set[str]) -> str:
     return ", ".join(heads[:6]) + (f", ... ({len(heads)} in all)" if len(heads) > 6 else "")
 
 
-__all__ = ["VARIANTS", "Layout", "Variant", "differences", "layout_of", "matching", "nearest", "options_for",
+__all__ = ["Layout", "Variant", "differences", "layout_of", "matching", "nearest", "options_for",
            "preset_layouts", "variant_layouts"]

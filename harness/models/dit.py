@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.models.family import Family, FamilyConfig
 from harness.models.tokens import gather_tokens, num_sparse, select_tokens, unpatchify
 
 #################################################################################
@@ -153,8 +154,10 @@ class FinalLayer(nn.Module):
 
 
 @dataclass(frozen=True)
-class DiTConfig:
+class DiTConfig(FamilyConfig):
     """Everything that fixes the parameter shapes and the sparsity mechanics of one backbone."""
+
+    NAME = "DiT/SiT"
 
     input_size: int = 32
     patch_size: int = 2
@@ -171,22 +174,6 @@ class DiTConfig:
     decoder_depth: int = 8
     decoder_num_heads: int = 16
     class_in_tokens: bool = False  # also add the label embedding to every token (testbed models)
-
-    def __post_init__(self) -> None:
-        if self.sparsity not in ("none", "routing", "masking"):
-            raise ValueError(f"sparsity must be none, routing or masking, got {self.sparsity!r}")
-        if self.sparsity == "routing":
-            if self.route is None:
-                raise ValueError("routing needs a route [first, last]")
-            first, last = self.route
-            if not 0 <= first <= last < self.depth:
-                raise ValueError(f"route {list(self.route)} lies outside blocks 0..{self.depth - 1}")
-        if self.input_size % self.patch_size:
-            raise ValueError(f"input_size {self.input_size} is not a multiple of patch_size {self.patch_size}")
-
-    @property
-    def num_tokens(self) -> int:
-        return (self.input_size // self.patch_size) ** 2
 
     @property
     def out_channels(self) -> int:
@@ -304,3 +291,27 @@ class SparseDiT(nn.Module):
                 if sparse and i == last:  # routed tokens re-enter unchanged from before block `first`
                     x = saved.scatter(1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x)
         return unpatchify(self.final_layer(x, c), self.config.out_channels, self.config.patch_size)  # (B, C_out, H, W)
+
+
+#################################################################################
+#                                  Presets                                      #
+#################################################################################
+
+DIT_SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}  # depth, width, heads
+
+
+def _official(name: str, size: str, patch: int) -> dict:
+    depth, hidden, heads = DIT_SIZES[size]
+    return dict(depth=depth, hidden_size=hidden, num_heads=heads, patch_size=patch, input_size=32, in_channels=4,
+                num_classes=1000, learn_sigma=True, convention="dit" if name == "DiT" else "sit")
+
+
+# Official DiT/SiT sizes (DiT Table 1) on 256 px SD-VAE latents, plus the embedded testbed's pixel-space models.
+PRESETS: dict[str, dict] = {f"{name}-{size}/{patch}": _official(name, size, patch)
+                            for name in ("DiT", "SiT") for size in DIT_SIZES for patch in (2, 4, 8)}
+PRESETS["Testbed-S/4"] = dict(depth=6, hidden_size=128, num_heads=4, patch_size=4, input_size=32, in_channels=3,
+                              num_classes=10, learn_sigma=False, class_in_tokens=True, convention="sit",
+                              decoder_hidden_size=96, decoder_depth=2, decoder_num_heads=4)
+PRESETS["Testbed-XS/4"] = dict(PRESETS["Testbed-S/4"], depth=4, hidden_size=96, num_heads=4)
+
+FAMILY = Family(DiTConfig, SparseDiT, PRESETS)

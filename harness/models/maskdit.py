@@ -22,13 +22,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harness.models.dit import DiTBlock, FinalLayer, PatchEmbed, TimestepEmbedder, modulate, sincos_pos_embed_2d
+from harness.models.dit import DIT_SIZES, DiTBlock, FinalLayer, PatchEmbed, TimestepEmbedder, modulate, sincos_pos_embed_2d
+from harness.models.family import Family, FamilyConfig
 from harness.models.tokens import gather_tokens, num_sparse, select_tokens, unpatchify
 
 
 @dataclass(frozen=True)
-class MaskDiTConfig:
+class MaskDiTConfig(FamilyConfig):
     """MaskDiT's constructor arguments (same names), EDMPrecond's sigma_data, and the harness's sparsity switch."""
+
+    NAME, SPARSITIES = "MaskDiT", ("none", "masking")
 
     input_size: int = 32
     patch_size: int = 2
@@ -47,18 +50,6 @@ class MaskDiTConfig:
     sigma_data: float = 0.5
     sparsity: str = "none"  # "none" | "masking": whether inference may drop tokens (gamma > 0)
     route: tuple[int, int] | None = None  # routing is not a MaskDiT mechanism; must stay None
-
-    def __post_init__(self) -> None:
-        if self.sparsity not in ("none", "masking"):
-            raise ValueError(f"a MaskDiT model's sparsity must be none or masking, got {self.sparsity!r}")
-        if self.route is not None:
-            raise ValueError("a MaskDiT model has no route (it masks tokens; routing is for DiT/SiT)")
-        if self.input_size % self.patch_size:
-            raise ValueError(f"input_size {self.input_size} is not a multiple of patch_size {self.patch_size}")
-
-    @property
-    def num_tokens(self) -> int:
-        return (self.input_size // self.patch_size) ** 2
 
     @property
     def out_channels(self) -> int:
@@ -202,4 +193,11 @@ class MaskDiT(nn.Module):
         return full.scatter(1, ids.unsqueeze(-1).expand(-1, -1, D), x)
 
 
-__all__ = ["DecoderLayer", "MaskDiT", "MaskDiTConfig", "OneHotLabelEmbedder"]
+# MaskDiT (Anima-Lab/MaskDiT) with its hard-coded decoder (512 wide, 8 deep, 16 heads) at every size; its released
+# ImageNet-256 checkpoints are MaskDiT-XL/2 on SD-VAE latents with EDM preconditioning.
+PRESETS = {f"MaskDiT-{size}/2": dict(convention="edm", depth=depth, hidden_size=hidden, num_heads=heads, patch_size=2,
+                                     input_size=32, in_channels=4, num_classes=1000)
+           for size, (depth, hidden, heads) in DIT_SIZES.items()}
+FAMILY = Family(MaskDiTConfig, MaskDiT, PRESETS)
+
+__all__ = ["FAMILY", "DecoderLayer", "MaskDiT", "MaskDiTConfig", "OneHotLabelEmbedder"]

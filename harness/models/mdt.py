@@ -29,14 +29,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.models.dit import (FinalLayer, LabelEmbedder, Mlp, PatchEmbed, TimestepEmbedder, modulate,
+from harness.models.dit import (DIT_SIZES, FinalLayer, LabelEmbedder, Mlp, PatchEmbed, TimestepEmbedder, modulate,
                                 sincos_pos_embed_2d)
+from harness.models.family import ConfigError, Family, FamilyConfig
 from harness.models.tokens import gather_tokens, num_sparse, select_tokens, unpatchify
 
 
 @dataclass(frozen=True)
-class MDTConfig:
+class MDTConfig(FamilyConfig):
     """MDTv2's constructor arguments (same names) and the harness's sparsity switch."""
+
+    NAME, SPARSITIES, MAY_BE_ZERO = "MDT", ("none", "masking"), frozenset({"decode_layer"})
 
     input_size: int = 32
     patch_size: int = 2
@@ -51,19 +54,9 @@ class MDTConfig:
     sparsity: str = "none"  # "none" | "masking": whether inference may drop tokens (gamma > 0)
     route: tuple[int, int] | None = None  # routing is not an MDT mechanism; must stay None
 
-    def __post_init__(self) -> None:
-        if self.sparsity not in ("none", "masking"):
-            raise ValueError(f"an MDT model's sparsity must be none or masking, got {self.sparsity!r}")
-        if self.route is not None:
-            raise ValueError("an MDT model has no route (it masks tokens; routing is for DiT/SiT)")
-        if not 0 <= self.decode_layer <= self.depth:
-            raise ValueError(f"decode_layer {self.decode_layer} must lie in 0..depth ({self.depth})")
-        if self.input_size % self.patch_size:
-            raise ValueError(f"input_size {self.input_size} is not a multiple of patch_size {self.patch_size}")
-
-    @property
-    def num_tokens(self) -> int:
-        return (self.input_size // self.patch_size) ** 2
+    def check(self) -> None:
+        if self.decode_layer > self.depth:
+            raise ConfigError("decode_layer", f"decode_layer {self.decode_layer} must lie in 0..depth ({self.depth})")
 
     @property
     def out_channels(self) -> int:
@@ -240,12 +233,14 @@ class MDTv2(nn.Module):
         return side * dropped + (1 - dropped) * full
 
 
-MDT_ARCHS = {
-    f"MDTv2-{size}/2": dict(family="mdt", convention="dit", depth=depth, hidden_size=hidden, num_heads=heads,
+PRESETS = {
+    f"MDTv2-{size}/2": dict(convention="dit", depth=depth, hidden_size=hidden, num_heads=heads,
                             patch_size=2, input_size=32, in_channels=4, num_classes=1000, learn_sigma=True,
                             decode_layer=4)
-    for size, (depth, hidden, heads) in {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16),
-                                         "XL": (28, 1152, 16)}.items()
+    for size, (depth, hidden, heads) in DIT_SIZES.items()
 }
 
-__all__ = ["MDT_ARCHS", "MDTBlock", "MDTConfig", "MDTv2", "RelativePositionBias"]
+# sail-sg/MDT's README trains MDTv2-S/2 with decode_layer 6 and XL/2 with 4: files are matched against these too.
+FAMILY = Family(MDTConfig, MDTv2, PRESETS, checkpoint_variants=tuple({"decode_layer": n} for n in (2, 6, 8)))
+
+__all__ = ["FAMILY", "MDTBlock", "MDTConfig", "MDTv2", "RelativePositionBias"]

@@ -31,6 +31,7 @@ from torch import nn
 
 from harness.models.adapters import TextCondition
 from harness.models.dit import PatchEmbed, modulate
+from harness.models.family import ConfigError, Family, FamilyConfig
 from harness.models.tokens import gather_tokens, num_sparse, select_tokens, unpatchify
 
 #################################################################################
@@ -244,12 +245,14 @@ class FinalLayer(nn.Module):
 
 
 @dataclass(frozen=True)
-class MicroDiTConfig:
+class MicroDiTConfig(FamilyConfig):
     """Upstream `DiT(...)`'s constructor arguments (same names), plus the harness's sparsity fields.
 
     `qkv_multipliers` / `ffn_multipliers` hold one ratio per block or one per equal split of the blocks.
     `depth_init` only chooses upstream's initialisation and is not kept; weights come from checkpoints.
     """
+
+    NAME, SPARSITIES = "MicroDiT", ("none", "masking")
 
     input_size: int = 32
     patch_size: int = 2
@@ -277,23 +280,14 @@ class MicroDiTConfig:
     sparsity: str = "masking"  # "masking" | "none"
     route: tuple[int, int] | None = None
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         object.__setattr__(self, "qkv_multipliers", tuple(float(m) for m in self.qkv_multipliers))
         object.__setattr__(self, "ffn_multipliers", tuple(float(m) for m in self.ffn_multipliers))
-        if self.sparsity not in ("none", "masking"):
-            raise ValueError(f"MicroDiT supports sparsity 'masking' or 'none', got {self.sparsity!r}")
-        if self.route is not None:
-            raise ValueError("MicroDiT is masked, not routed: it takes no route")
         if len(self.qkv_multipliers) != len(self.ffn_multipliers):
-            raise ValueError("qkv_multipliers and ffn_multipliers need the same length")
+            raise ConfigError("ffn_multipliers", "qkv_multipliers and ffn_multipliers need the same length")
         if self.depth % len(self.ffn_multipliers):
-            raise ValueError(f"depth {self.depth} is not a multiple of the {len(self.ffn_multipliers)} multipliers")
-        if self.input_size % self.patch_size:
-            raise ValueError(f"input_size {self.input_size} is not a multiple of patch_size {self.patch_size}")
-
-    @property
-    def num_tokens(self) -> int:
-        return (self.input_size // self.patch_size) ** 2
+            raise ConfigError("depth", f"depth {self.depth} is not a multiple of the {len(self.ffn_multipliers)} "
+                                       "multipliers")
 
     @property
     def out_channels(self) -> int:
@@ -425,12 +419,12 @@ def _linspace(start: float, end: float, num: int) -> tuple[float, ...]:
 
 # Upstream's MicroDiT_XL_2 at 512 px (64x64 latents, pos_interp_scale 2, as the released checkpoints) and
 # MicroDiT_Tiny_2; MicroDiT-Test is a 0.2M-parameter config of the same classes for tests and dry runs.
-_XL = dict(family="microdit", convention="edm", input_size=64, patch_size=2, in_channels=4, dim=1024, depth=28,
+_XL = dict(convention="edm", input_size=64, patch_size=2, in_channels=4, dim=1024, depth=28,
            head_dim=64, multiple_of=256, caption_channels=1024, pos_interp_scale=2.0, norm_eps=1e-6,
            qkv_multipliers=_linspace(0.5, 1.0, 28), ffn_multipliers=_linspace(0.5, 4.0, 28), use_patch_mixer=True,
            patch_mixer_depth=6, patch_mixer_dim=768, patch_mixer_qkv_ratio=1.0, patch_mixer_mlp_ratio=4.0,
            use_bias=False, num_experts=8, expert_capacity=2.0, experts_every_n=2)
-MICRODIT_ARCHS: dict[str, dict] = {
+PRESETS: dict[str, dict] = {
     "MicroDiT-XL/2": _XL,
     "MicroDiT-Tiny/2": dict(_XL, dim=512, depth=16, head_dim=32, qkv_multipliers=_linspace(0.5, 1.0, 16),
                             ffn_multipliers=_linspace(0.5, 4.0, 16), patch_mixer_depth=4, patch_mixer_dim=512),
@@ -439,4 +433,6 @@ MICRODIT_ARCHS: dict[str, dict] = {
                           patch_mixer_depth=2, patch_mixer_dim=32, num_experts=2),
 }
 
-__all__ = ["MICRODIT_ARCHS", "ExpertChoiceMoE", "MicroDiT", "MicroDiTConfig", "sincos_pos_embed"]
+FAMILY = Family(MicroDiTConfig, MicroDiT, PRESETS)
+
+__all__ = ["FAMILY", "ExpertChoiceMoE", "MicroDiT", "MicroDiTConfig", "sincos_pos_embed"]

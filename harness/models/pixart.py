@@ -23,6 +23,7 @@ from torch import nn
 from harness.errors import HarnessError
 from harness.models.adapters import TextCondition
 from harness.models.tokens import num_sparse, select_tokens
+from harness.models.family import Family, FamilyConfig
 from harness.models.route_hooks import TokenRouter
 
 INSTALL_HINT = "pip install -e '.[t2i]' (or pip install diffusers transformers sentencepiece)"
@@ -38,9 +39,11 @@ def pixart_class() -> type[nn.Module]:
 
 
 @dataclass(frozen=True)
-class PixArtConfig:
+class PixArtConfig(FamilyConfig):
     """PixArtTransformer2DModel's constructor arguments that differ between sizes (diffusers' names; the rest are
     its defaults, which are PixArt's), plus the harness's sparsity fields. The latent side is `sample_size`."""
+
+    NAME, SPARSITIES, DEPTH, SIDE = "PixArt", ("none", "routing"), "num_layers", "sample_size"
 
     sample_size: int = 64
     num_layers: int = 28
@@ -57,17 +60,6 @@ class PixArtConfig:
     sparsity: str = "routing"  # "routing" | "none"
     route: tuple[int, int] | None = None
 
-    def __post_init__(self) -> None:
-        if self.sparsity not in ("none", "routing"):
-            raise ValueError(f"PixArt supports sparsity 'routing' (hooks) or 'none', got {self.sparsity!r}")
-        if self.sparsity == "routing":
-            if self.route is None:
-                raise ValueError("routing needs a route [first, last]")
-            if not 0 <= self.route[0] <= self.route[1] < self.num_layers:
-                raise ValueError(f"route {list(self.route)} lies outside blocks 0..{self.num_layers - 1}")
-        if self.sample_size % self.patch_size:
-            raise ValueError(f"sample_size {self.sample_size} is not a multiple of patch_size {self.patch_size}")
-
     @property
     def input_size(self) -> int:
         return self.sample_size
@@ -75,10 +67,6 @@ class PixArtConfig:
     @property
     def depth(self) -> int:
         return self.num_layers
-
-    @property
-    def num_tokens(self) -> int:
-        return (self.sample_size // self.patch_size) ** 2
 
     def diffusers_kwargs(self) -> dict:
         names = ("sample_size", "num_layers", "num_attention_heads", "attention_head_dim", "in_channels",
@@ -141,14 +129,16 @@ class PixArtNetwork(nn.Module):
 
 # PixArt-Sigma XL/2 (diffusers' conversion script: 28 blocks, 16 heads of 72, T5-XXL captions, no micro-conditions,
 # interpolation_scale = image size / 512) at 512 and 1024 px; PixArt-Test is a tiny config of the same classes.
-_SIGMA = dict(family="pixart", convention="dit", sample_size=64, num_layers=28, num_attention_heads=16,
+_SIGMA = dict(convention="dit", sample_size=64, num_layers=28, num_attention_heads=16,
               attention_head_dim=72, in_channels=4, out_channels=8, patch_size=2, cross_attention_dim=1152,
               caption_channels=4096, interpolation_scale=1.0, use_additional_conditions=False, caption_length=300)
-PIXART_ARCHS: dict[str, dict] = {
+PRESETS: dict[str, dict] = {
     "PixArt-Sigma-XL/2-512": _SIGMA,
     "PixArt-Sigma-XL/2-1024": dict(_SIGMA, sample_size=128, interpolation_scale=2.0),
     "PixArt-Test": dict(_SIGMA, sample_size=8, num_layers=4, num_attention_heads=2, attention_head_dim=8,
                         cross_attention_dim=16, caption_channels=12, caption_length=8),
 }
 
-__all__ = ["PIXART_ARCHS", "PixArtConfig", "PixArtNetwork", "pixart_class"]
+FAMILY = Family(PixArtConfig, PixArtNetwork, PRESETS)
+
+__all__ = ["FAMILY", "PixArtConfig", "PixArtNetwork", "pixart_class"]

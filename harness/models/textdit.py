@@ -18,12 +18,15 @@ from torch import nn
 
 from harness.models.adapters import TextCondition
 from harness.models.dit import Attention, FinalLayer, Mlp, PatchEmbed, TimestepEmbedder, modulate, sincos_pos_embed_2d
+from harness.models.family import Family, FamilyConfig
 from harness.models.tokens import gather_tokens, num_sparse, select_tokens, unpatchify
 
 
 @dataclass(frozen=True)
-class TextDiTConfig:
+class TextDiTConfig(FamilyConfig):
     """Parameter shapes and sparsity mechanics of one text-conditioned backbone."""
+
+    NAME, SPARSITIES = "TextDiT", ("none", "routing")
 
     input_size: int = 32
     patch_size: int = 4
@@ -37,22 +40,6 @@ class TextDiTConfig:
     learn_sigma: bool = False
     sparsity: str = "none"  # "none" | "routing"
     route: tuple[int, int] | None = None  # (first, last) block inside the route, 0-based, inclusive
-
-    def __post_init__(self) -> None:
-        if self.sparsity not in ("none", "routing"):
-            raise ValueError(f"TextDiT supports sparsity none or routing, got {self.sparsity!r}")
-        if self.sparsity == "routing":
-            if self.route is None:
-                raise ValueError("routing needs a route [first, last]")
-            first, last = self.route
-            if not 0 <= first <= last < self.depth:
-                raise ValueError(f"route {list(self.route)} lies outside blocks 0..{self.depth - 1}")
-        if self.input_size % self.patch_size:
-            raise ValueError(f"input_size {self.input_size} is not a multiple of patch_size {self.patch_size}")
-
-    @property
-    def num_tokens(self) -> int:
-        return (self.input_size // self.patch_size) ** 2
 
     @property
     def out_channels(self) -> int:
@@ -183,3 +170,13 @@ class TextDiT(nn.Module):
             if sparse and i == last:  # routed tokens re-enter unchanged from before block `first`
                 x = saved.scatter(1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x)
         return unpatchify(self.final_layer(x, c), self.config.out_channels, self.config.patch_size)  # (B, C_out, H, W)
+
+
+# The text-to-image testbed (harness/testbed/scenes.py) and a tiny text-conditioned net for tests.
+PRESETS = {
+    "TextTestbed-S/4": dict(depth=6, hidden_size=128, num_heads=4, patch_size=4, input_size=32, in_channels=3,
+                            text_dim=64, text_len=12, convention="sit"),
+    "TextDiT-Tiny": dict(depth=2, hidden_size=32, num_heads=2, patch_size=4, input_size=16, in_channels=3, text_dim=16,
+                         text_len=8, convention="sit"),
+}
+FAMILY = Family(TextDiTConfig, TextDiT, PRESETS)

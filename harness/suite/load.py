@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from harness.errors import HarnessError
 from harness.guidance import METHODS, SPARSE_METHODS, GuidanceSpec, Schedule
-from harness.models import ARCHS, ModelSpec
+from harness.models import ConfigError, ModelSpec
 from harness.models.adapters import DEFAULT_DROPPED
 from harness.sampling import SamplerSpec
 from harness.suite.runs import Run, Suite, config_hash
@@ -256,7 +256,7 @@ def _resolve(p: str | None, root: Path) -> Path | None:
 
 
 def _model_spec(key: str, table: ModelTable, root: Path, where: _Where) -> ModelSpec:
-    """The ModelSpec of [models.<key>], with its route checked against the model's depth."""
+    """The ModelSpec of [models.<key>], its config built (and so checked) by the model's family."""
     where_m = f"[models.{key}]"
     checkpoint = _resolve(table.checkpoint, root)
     spec = ModelSpec(arch=table.arch, checkpoint=str(checkpoint) if checkpoint else None, sparsity=table.sparsity,
@@ -268,22 +268,13 @@ def _model_spec(key: str, table: ModelTable, root: Path, where: _Where) -> Model
     if table.dropped is not None and table.sparsity != "masking":
         raise where.error(where_m, "dropped", f"only a masking model drops tokens (this model has "
                                               f"{table.sparsity!r})")
-    preset = {**ARCHS[table.arch], **spec.overrides}
-    depth = preset.get("depth", preset.get("num_layers"))  # diffusers models name it num_layers
-    if table.sparsity == "routing" and table.route is None:
-        raise where.error(where_m, "route", "sparsity 'routing' needs a route [first, last] (0-based block indices)")
-    if table.route is not None:
-        first, last = table.route
-        if table.sparsity != "routing":
-            raise where.error(where_m, "route", f"a route only applies to sparsity 'routing' (this model has "
-                                                f"{table.sparsity!r})")
-        if not 0 <= first <= last < depth:
-            raise where.error(where_m, "route", f"route {table.route} lies outside blocks 0..{depth - 1} of "
-                                                f"{table.arch} (depth {depth}); need 0 <= first <= last < {depth}")
+    both = sorted(set(table.model_extra or {}) & set(table.options or {}))
+    if both:
+        raise where.error(where_m, both[0], "set both in the table and in its options")
     try:
-        spec.config()
-    except (ValueError, KeyError) as err:
-        raise where.error(where_m, None, str(err).strip("'\"")) from None
+        spec.config()  # the family's checks: sparsity, route within the blocks, patch grid, its own fields
+    except ConfigError as err:
+        raise where.error(where_m, err.field, str(err)) from None
     return spec
 
 

@@ -71,11 +71,15 @@ class RunSamplerTable(_Table):
     rho: float | None = Field(None, gt=0)
 
 
-_Pos = Annotated[int, Field(ge=1)]
-
-
 class ModelTable(_Table):
-    """[models.<key>]: an architecture preset, its checkpoint and sparsity, and optional DiTConfig overrides."""
+    """[models.<key>]: an architecture preset, its checkpoint and sparsity, and any config field of its family.
+
+    Family fields (depth, learn_sigma, MicroDiT's expert_capacity, PixArt's num_layers, ...) are written directly in
+    the table or under `options = {...}`; the family (harness.models.family.Family) checks their names and types when
+    harness.suite.load builds the model's config.
+    """
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
 
     arch: str
     checkpoint: str | None = None
@@ -86,27 +90,9 @@ class ModelTable(_Table):
     cfg_channels: Literal["all", 3] | None = None  # default for the runs on this model (DiT/SiT's quirk is 3)
     dropped: Literal[DROPPED] | None = None  # masking: what a masked weak branch keeps where it dropped tokens
     convention: Literal[CONVENTIONS] | None = None
-    input_size: _Pos | None = None
-    patch_size: _Pos | None = None
-    in_channels: _Pos | None = None
-    hidden_size: _Pos | None = None
-    depth: _Pos | None = None
-    num_heads: _Pos | None = None
-    mlp_ratio: float | None = Field(None, gt=0)
-    num_classes: _Pos | None = None
-    learn_sigma: bool | None = None
-    class_in_tokens: bool | None = None
-    decoder_hidden_size: _Pos | None = None
-    decoder_depth: _Pos | None = None
-    decoder_num_heads: _Pos | None = None
     text_encoder: str | None = None  # a harness.models.text_encoders name (text-conditioned models)
     text_encoder_options: dict[str, Any] | None = None
-    # Any other config field of the model's family, by the upstream constructor's name (MicroDiT's expert_capacity,
-    # PixArt's num_layers, ...); an unknown name is an error of this table.
-    options: dict[str, Any] | None = None
-    use_decoder: bool | None = None  # MaskDiT's constructor arguments (maskdit family)
-    mae_loss_coef: float | None = Field(None, ge=0)
-    sigma_data: float | None = Field(None, gt=0)  # edm convention (MaskDiT's EDMPrecond)
+    options: dict[str, Any] | None = None  # family config fields, as an alternative to writing them in the table
 
     @field_validator("arch")
     @classmethod
@@ -118,10 +104,10 @@ class ModelTable(_Table):
         return arch
 
     def overrides(self) -> dict[str, Any]:
-        """The DiTConfig fields (and convention) this table sets over its architecture's preset."""
-        skip = {"arch", "checkpoint", "weights", "sparsity", "route", "vae", "cfg_channels", "dropped", "text_encoder",
-                "text_encoder_options", "options"}
-        named = {k: v for k, v in self.model_dump().items() if k not in skip and v is not None}
+        """The family config fields (and convention) this table sets over its architecture's preset."""
+        named = dict(self.model_extra or {})
+        if self.convention is not None:
+            named["convention"] = self.convention
         return {**(self.options or {}), **named}
 
 
