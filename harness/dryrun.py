@@ -223,7 +223,7 @@ def load_dry_suite(path: str | Path, root: str | Path | None, runs_root: str | P
                                       text_encoder_options=random_text_options(spec.config()[0]))
         suite = load_suite(path, root, samples=options.samples, steps=options.steps, data=dry)
     from harness.models.vae import SMALL_VAE_CONFIG
-    from harness.report.cli import suite_meta
+    from harness.report.command import suite_meta
 
     vae_config = dict(SMALL_VAE_CONFIG) if substituted else None
     origin = (f"the first images of {source}" if source else "random images") if reference else "as in the suite"

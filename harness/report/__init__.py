@@ -1,7 +1,7 @@
 """The report stage: results table, bootstrap intervals, Pareto fronts, paper tables and report.md."""
 
 from harness.report.baselines import baseline_points, load_baseline_table, normalise_paper_map
-from harness.report.cli import add_report_parser, main_report
+from harness.report.command import add_report_parser, main_report
 from harness.report.page import write_report
 from harness.report.paper_tables import write_paper_tables
 from harness.report.pareto import pareto_front, plot_pareto

@@ -135,7 +135,7 @@ def main_search(args: argparse.Namespace) -> int:
     record = run_search(suite, runs, options, dry)
     if distributed.is_main():
         from harness.report import write_report
-        from harness.report.cli import suite_meta
+        from harness.report.command import suite_meta
         from harness.suite import read_suite_data
 
         reports = Path(args.reports) if args.reports else suite.root / "reports"
