@@ -107,12 +107,36 @@ def test_mdt_trainloop_raw_state_dicts_and_wrapper_prefixes_load(nets, tmp_path)
 
 
 def _lightning(state_dict: dict, **extra) -> dict:
-    """What Lightning's CheckpointConnector.dump_checkpoint writes (pytorch/trainer/connectors/checkpoint_connector)."""
+    """What Lightning's `_CheckpointConnector.dump_checkpoint` writes (src/lightning/pytorch/trainer/connectors/
+    checkpoint_connector.py at 0301490): epoch, global_step, version, state_dict, loops; unless weights_only, the
+    callbacks' states (ModelCheckpoint.state_dict's keys), optimizer and scheduler states and the precision plugin's
+    (a GradScaler's under "MixedPrecision"); the hyper-parameters as a dict."""
+    loop = {"state_dict": {}, "epoch_loop.state_dict": {"_batches_that_stepped": 1200}}
+    checkpoint = {"monitor": None, "best_model_score": None, "best_model_path": "/ckpt/epoch=3-step=1200.ckpt",
+                  "current_score": None, "dirpath": "/ckpt", "best_k_models": {}, "kth_best_model_path": "",
+                  "kth_value": torch.tensor(float("inf")), "last_model_path": ""}
     return {"epoch": 3, "global_step": 1200, "pytorch-lightning_version": "2.5.0", "state_dict": state_dict,
-            "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": 4}}}},
-            "callbacks": {"ModelCheckpoint{'monitor': None}": {"best_model_path": "", "best_model_score": None}},
-            "optimizer_states": [], "lr_schedulers": [], "hparams_name": "kwargs",
-            "hyper_parameters": {"lr": 1e-4, "arch": "SiT-XL/2"}, **extra}
+            "loops": {name: loop for name in ("fit_loop", "validate_loop", "test_loop", "predict_loop")},
+            "callbacks": {"ModelCheckpoint{'monitor': None, 'mode': 'min', 'every_n_train_steps': 0, "
+                          "'every_n_epochs': 1, 'train_time_interval': None}": checkpoint},
+            "optimizer_states": [{"state": {0: {"step": torch.tensor(1200.0)}}, "param_groups": [{"lr": 1e-4}]}],
+            "lr_schedulers": [], "MixedPrecision": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5,
+                                                    "growth_interval": 2000, "_growth_tracker": 17},
+            "hparams_name": "kwargs", "hyper_parameters": {"lr": 1e-4, "arch": "SiT-XL/2"}, **extra}
+
+
+class DictConfig(dict):
+    """Stands in for omegaconf's DictConfig: a class Lightning pickles when the hyper-parameters are OmegaConf."""
+
+
+def test_lightning_with_omegaconf_hyperparameters_is_refused_by_name(nets, tmp_path):
+    """dump_checkpoint stores OmegaConf hyper-parameters as the object and its type: a class the weights-only reader
+    must not unpickle. The refusal names it and says how to get a loadable file."""
+    path = tmp_path / "last.ckpt"
+    torch.save(_lightning(nets[1].state_dict(), hyper_parameters=DictConfig(lr=1e-4),
+                          hyper_parameters_type=DictConfig), path)
+    with pytest.raises(HarnessError, match=r"last.ckpt: needs pickled code \(.*DictConfig.*\).*save the weights alone"):
+        read_checkpoint(path)
 
 
 def test_lightning_module_with_an_ema_copy_loads_the_ema(nets, tmp_path):

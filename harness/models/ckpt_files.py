@@ -11,7 +11,7 @@ Where the network's tensors are, by what the file holds:
 | CompVis/tread `train.py` | `{model_state_dict, ema_state_dict, optimizer_state_dict, step}` | ema_state_dict |
 | REPA / MaskDiT / fast-DiT `train.py` | `{model, ema, opt, args[, steps]}` | ema |
 | sail-sg/MDT `TrainLoop.save`, DiT's released files | the state dict itself | unlabelled |
-| Lightning `Trainer.save_checkpoint` | `{state_dict: {model.…[, ema.…]}, optimizer_states, global_step, …}` | ema.… |
+| Lightning `Trainer.save_checkpoint` (`dump_checkpoint`, read at 0301490) | `{state_dict: {model.…[, ema.…]}, loops, callbacks, optimizer_states, global_step, …}` | ema.… |
 | Lightning `WeightAveraging` callback | `state_dict` (the average) + `current_model_state` (the live weights) | state_dict |
 | timm `ModelEmaV2` scripts | `{state_dict, state_dict_ema}` | state_dict_ema |
 EMA weights are taken when the file has them, unless `weights = "model"` asks for the trained ones.
