@@ -15,7 +15,8 @@ import torch
 from harness.errors import HarnessError
 from harness.metrics import FEATURE_EXTRACTORS, METRICS, FeatureExtractor, get_metric, register_feature_extractor
 from harness.metrics import adm_eval, features, frechet
-from harness.metrics.evaluate import Evaluator, Reference, evaluate_run, list_shards
+from harness.metrics.evaluate import Evaluator, Reference, evaluate_run
+from harness.rundir import list_shards
 from harness.metrics.features import (
     InceptionExtractor,
     TorchFidelityImages,

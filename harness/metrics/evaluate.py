@@ -5,14 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from harness import registry
 from harness.errors import HarnessError
+from harness.files import atomic_write, write_json
 from harness.metrics import (
     FeatureExtractor,
     build_extractor,
@@ -21,41 +22,22 @@ from harness.metrics import (
     get_extractor_spec,
     get_metric,
 )
-from harness.metrics.frechet import GaussianStats, bootstrap_fd, frechet_distance, gaussian_stats
-from harness.metrics.inception_score import inception_score
-from harness.metrics.precision_recall import ADM_TILE, precision_recall
+from harness.metrics.frechet import GaussianStats
+from harness.metrics.precision_recall import ADM_TILE
 from harness.metrics.reference import (
     NpzArrayReader,
     npz_image_count,
     open_image_source,
     read_reference_stats,
 )
+from harness.metrics.scores import BOOTSTRAP_RESAMPLES, FeatureInputs
+from harness.rundir import METRICS_FILE, list_shards
 
-BOOTSTRAP_RESAMPLES = 100  # resamples for the interval of each Frechet distance
-BOOTSTRAP_RESAMPLES_LARGE = 20  # above 512 dims (Inception: 2048), where one resample costs a full covariance
-
-SHARD_NAME = re.compile(r"^samples-(\d+)\.npz$")
-METRICS_FILE = "metrics.json"
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write path through a temporary name in the same folder and os.replace, so readers never see half a file."""
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(temp)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def _save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Atomically save arrays as an uncompressed .npz."""
-
-    def write(temp: Path) -> None:
-        with open(temp, "wb") as f:
-            np.savez(f, **arrays)
-
-    _atomic_write(path, write)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def _load_cached(path: Path, signature: str) -> dict[str, np.ndarray] | None:
@@ -118,21 +100,6 @@ class Reference:
         return cls.from_npz(path)
 
 
-def list_shards(run_dir: str | os.PathLike) -> list[Path]:
-    """The run's sample shards in index order, checked to be contiguous from index 0."""
-    run_dir = Path(run_dir)
-    found = [(int(m.group(1)), p) for p in run_dir.glob("samples-*.npz") if (m := SHARD_NAME.match(p.name))]
-    if not found:
-        raise HarnessError(f"{run_dir}: no sample shards (samples-<first index>.npz)")
-    found.sort()
-    expected = 0
-    for first, path in found:
-        if first != expected:
-            raise HarnessError(f"{path}: starts at index {first}, expected {expected} (missing or overlapping shard)")
-        expected += npz_image_count(path)
-    return [path for _, path in found]
-
-
 def first_shards(run_dir: str | os.PathLike, samples: int) -> list[Path]:
     """The shards holding exactly a run's first `samples` images; HarnessError when they do not end there."""
     chosen, count = [], 0
@@ -178,47 +145,15 @@ def compute_metrics(
     sample_stats: Mapping[str, GaussianStats] | None = None,
     bootstrap: int = BOOTSTRAP_RESAMPLES,
 ) -> dict[str, float | list[float]]:
-    """Metric values from features: samples(extractor) and reference(extractor) give {key: [N, D]} and are called
-    only when needed; precomputed Inception statistics (by feature key) are preferred, as ADM does.
-
-    Each Frechet distance computed from sample features also gets `<name>_ci`: a 95% bootstrap interval over
-    resampled samples against the fixed reference statistics (`bootstrap` resamples; fewer above 512 dims,
-    where each costs a full covariance; 0 turns it off)."""
-    specs = [get_metric(name) for name in names]
-    results: dict[str, float] = {}
-    pr_cache: dict[str, tuple[float, float]] = {}
-    for spec in specs:
-        if spec.kind == "fd":
-            precomputed = spec.extractor == "inception"
-            ref_stats = (reference_stats or {}).get(spec.feature) if precomputed else None
-            sam_stats = (sample_stats or {}).get(spec.feature) if precomputed else None
-            ref_stats = ref_stats or gaussian_stats(reference(spec.extractor)[spec.feature])
-            features, resamples = None, 0
-            if sam_stats is None:
-                features = samples(spec.extractor)[spec.feature]
-                sam_stats = gaussian_stats(features)
-                resamples = bootstrap if features.shape[1] <= 512 else min(bootstrap, BOOTSTRAP_RESAMPLES_LARGE)
-            # ADM's order: sample statistics first
-            results[spec.name] = frechet_distance(sam_stats, ref_stats)
-            if resamples >= 2 and len(features) >= 2:
-                lo, hi = bootstrap_fd(features, ref_stats.mu, ref_stats.sigma, n_boot=resamples)
-                # resampled FDs are biased upwards: with few images all may exceed the point, which the
-                # interval must still hold
-                results[f"{spec.name}_ci"] = [min(lo, results[spec.name]), max(hi, results[spec.name])]
-        elif spec.kind == "is":
-            results[spec.name] = inception_score(samples(spec.extractor)[spec.feature])
-        elif spec.kind in ("precision", "recall"):
-            if spec.extractor not in pr_cache:
-                ref_pool, sam_pool = reference(spec.extractor)[spec.feature], samples(spec.extractor)[spec.feature]
-                pr_cache[spec.extractor] = precision_recall(ref_pool, sam_pool, tile=tile, device=device)
-            results[spec.name] = pr_cache[spec.extractor][0 if spec.kind == "precision" else 1]
-        elif spec.kind == "class_acc":
-            if labels is None:
-                raise HarnessError(f"{spec.name} needs the samples' class labels")
-            predicted, truth = np.asarray(samples(spec.extractor)[spec.feature]).argmax(axis=1), labels()
-            if len(truth) != len(predicted):
-                raise HarnessError(f"{spec.name}: {len(truth)} labels for {len(predicted)} samples")
-            results[spec.name] = float(np.mean(predicted == truth))
+    """Metric values from features, each by its registered scorer (harness.metrics.scores): samples(extractor) and
+    reference(extractor) give {key: [N, D]} and are called only when needed; precomputed Inception statistics (by
+    feature key) are preferred, as ADM does. `bootstrap`: resamples of each interval (0 turns intervals off)."""
+    inputs = FeatureInputs(samples, reference, reference_stats or {}, labels, device, tile, sample_stats or {},
+                           bootstrap)
+    results: dict[str, float | list[float]] = {}
+    for name in names:
+        spec = get_metric(name)
+        results.update(registry.load(spec.scorer)(spec, inputs))
     return results
 
 
@@ -313,7 +248,7 @@ class Evaluator:
         path = run_dir / METRICS_FILE
         merged = json.loads(path.read_text()) if path.is_file() else {}
         merged.update(results)
-        _atomic_write(path, lambda temp: temp.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n"))
+        write_json(path, merged, sort_keys=True)
         return results
 
 
