@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from harness import registry
 from harness.errors import HarnessError
 from harness.metrics.extractor import FEATURE_KEYS, FeatureExtractor
 
@@ -215,6 +216,15 @@ def _inception_factory(device: str | torch.device = "cpu", weights_path: str | N
     return InceptionExtractor(device=device, weights_path=weights_path)
 
 
+def _deferred(entry: str) -> Callable[..., FeatureExtractor]:
+    """A factory that imports its extractor class ("module:Class") on first use (heavy imports stay lazy)."""
+
+    def factory(device: str | torch.device = "cpu", **options: object) -> FeatureExtractor:
+        return registry.load(entry)(device=device, **options)
+
+    return factory
+
+
 register_feature_extractor(
     "inception", _inception_factory, ("pool", "spatial", "logits"), "torch-fidelity's TF-compatible InceptionV3",
     need="harness.metrics.features:inception_need")
@@ -224,6 +234,17 @@ register_metric(MetricSpec("is", True, "inception", "logits", "is", "Inception s
 register_metric(MetricSpec("precision", True, "inception", "pool", "precision", "ADM precision, k=3"))
 register_metric(MetricSpec("recall", True, "inception", "pool", "recall", "ADM recall, k=3"))
 register_metric(MetricSpec("class_acc", True, "testbed", "logits", "class_acc", "testbed classifier accuracy"))
+register_metric(MetricSpec("kid", False, "inception", "pool", "kid", "kernel Inception distance (torch-fidelity)",
+                           scorer="harness.metrics.kid:score_kid", columns=("kid_std",)))
+register_feature_extractor(
+    "dinov2", _deferred("harness.metrics.dinov2:Dinov2Extractor"), ("pool",),
+    "DINOv2 ViT-L/14 CLS token, EDM2's preprocessing", assets=("dinov2-vitl14",), dry_options={"random_weights": True})
+register_feature_extractor(
+    "clip", _deferred("harness.metrics.cmmd:ClipExtractor"), ("pool",),
+    "CLIP ViT-L/14-336 image embeddings, cmmd's preprocessing", assets=("clip-vit-l-14-336-openai",),
+    dry_options={"random_weights": True})
+register_metric(MetricSpec("cmmd", False, "clip", "pool", "cmmd", "CMMD: CLIP-space MMD, RBF sigma 10, x1000",
+                           scorer="harness.metrics.cmmd:score_cmmd", columns=("cmmd_ci",)))
 # Text-to-image metrics: computed from the images and their prompts (harness.metrics.t2i), no reference batch.
 # Their weights are manifest assets (an entry not in the manifest is not checked; a hub asset also counts as
 # present when the Hugging Face cache holds its files, where their loaders look). Dry runs score with tiny

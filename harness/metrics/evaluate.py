@@ -13,7 +13,7 @@ import torch
 
 from harness import registry
 from harness.errors import HarnessError
-from harness.files import atomic_write, write_json
+from harness.files import atomic_write, file_sha256, text_sha256, write_json
 from harness.metrics import (
     FeatureExtractor,
     build_extractor,
@@ -22,7 +22,7 @@ from harness.metrics import (
     get_extractor_spec,
     get_metric,
 )
-from harness.metrics.frechet import GaussianStats
+from harness.metrics.frechet import GaussianStats, gaussian_stats
 from harness.metrics.precision_recall import ADM_TILE
 from harness.metrics.reference import (
     NpzArrayReader,
@@ -56,14 +56,22 @@ class Reference:
     def __init__(
         self,
         name: str,
-        identity: str,
+        identity: str | Callable[[], str],
         num_images: int,
         chunks: Callable[[], Iterator[np.ndarray]],
         stats: Mapping[str, GaussianStats] | None = None,
     ) -> None:
-        self.name, self.identity, self.num_images = name, identity, num_images
+        self.name, self.num_images = name, num_images
+        self._identity = identity  # what the reference's cached features are keyed by (computed when first needed)
         self.chunks = chunks  # a fresh iterator of uint8 NHWC chunks per call
         self.stats = dict(stats or {})  # Inception statistics by feature key ("pool", "spatial")
+
+    @property
+    def identity(self) -> str:
+        """Names the reference's content: the sha256 of its file or images (a folder: its path and shape)."""
+        if callable(self._identity):
+            self._identity = self._identity()
+        return self._identity
 
     @classmethod
     def from_npz(cls, path: str | os.PathLike) -> Reference:
@@ -71,9 +79,7 @@ class Reference:
         path = Path(path)
         if not path.is_file():
             raise HarnessError(f"reference batch {path} does not exist")
-        info = path.stat()
-        identity = f"{path.resolve()}:{info.st_size}:{info.st_mtime_ns}"
-        return cls(str(path), identity, npz_image_count(path), lambda: open_image_source(path)[1],
+        return cls(str(path), lambda: f"sha256:{file_sha256(path)}", npz_image_count(path), lambda: open_image_source(path)[1],
                    read_reference_stats(path))
 
     @classmethod
@@ -150,6 +156,11 @@ def compute_metrics(
     feature key) are preferred, as ADM does. `bootstrap`: resamples of each interval (0 turns intervals off)."""
     inputs = FeatureInputs(samples, reference, reference_stats or {}, labels, device, tile, sample_stats or {},
                            bootstrap)
+    return compute_scores(names, inputs)
+
+
+def compute_scores(names: Sequence[str], inputs: FeatureInputs) -> dict[str, float | list[float]]:
+    """Each named metric's values by its registered scorer."""
     results: dict[str, float | list[float]] = {}
     for name in names:
         spec = get_metric(name)
@@ -179,6 +190,7 @@ class Evaluator:
         self.reference_cache_dir = Path(reference_cache_dir) if reference_cache_dir else None
         self._extractors: dict[str, FeatureExtractor] = {}
         self._reference_features: dict[str, dict[str, np.ndarray]] = {}
+        self._reference_stats: dict[tuple[str, str], GaussianStats] = {}
 
     def extractor(self, name: str) -> FeatureExtractor:
         """The named extractor, built once on this evaluator's device."""
@@ -186,16 +198,34 @@ class Evaluator:
             self._extractors[name] = build_extractor(name, self.device, **self.extractor_options.get(name, {}))
         return self._extractors[name]
 
+    def _reference_cache(self, kind: str, name: str) -> tuple[Path | None, str]:
+        """(cache file or None, signature) of the reference's `kind` ("features", "stats") for an extractor:
+        keyed by the extractor's network and weights and by the reference's content hash."""
+        signature = f"{self.extractor(name).cache_key}|{self.reference.identity}"
+        if self.reference_cache_dir is None:
+            return None, signature
+        return self.reference_cache_dir / f"reference-{kind}-{name}-{text_sha256(signature)[:16]}.npz", signature
+
+    def reference_statistics(self, name: str, key: str) -> GaussianStats:
+        """Mean and covariance of the reference's `key` features of extractor `name`, cached like the features."""
+        if (name, key) not in self._reference_stats:
+            path, signature = self._reference_cache("stats", name)
+            cached = (_load_cached(path, signature) or {}) if path else {}
+            if f"mu_{key}" not in cached:
+                stats = gaussian_stats(self.reference_features(name)[key])
+                cached.update({f"mu_{key}": stats.mu, f"sigma_{key}": stats.sigma})
+                if path:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    _save_npz(path, {**cached, "signature": np.array(signature)})
+            self._reference_stats[(name, key)] = GaussianStats(cached[f"mu_{key}"], cached[f"sigma_{key}"])
+        return self._reference_stats[(name, key)]
+
     def reference_features(self, name: str) -> dict[str, np.ndarray]:
         """Features of the reference images, kept in memory and (with a cache dir) on disk."""
         if name in self._reference_features:
             return self._reference_features[name]
         extractor = self.extractor(name)
-        signature = f"{extractor.cache_key}|{self.reference.identity}"
-        path = None
-        if self.reference_cache_dir is not None:
-            digest = hashlib.sha256(signature.encode()).hexdigest()[:16]
-            path = self.reference_cache_dir / f"reference-features-{name}-{digest}.npz"
+        path, signature = self._reference_cache("features", name)
         features = _load_cached(path, signature) if path else None
         if features is None:
             features = extractor.extract(
@@ -208,11 +238,12 @@ class Evaluator:
         return features
 
     def run_features(self, run_dir: str | os.PathLike, name: str, shards: Sequence[Path]) -> dict[str, np.ndarray]:
-        """Features of the run's samples, cached as features-<name>.npz in the run dir for the same shards."""
+        """Features of the run's samples, cached in the run folder as features-<name>-<hash of the extractor's
+        network and weights>.npz for the same shards (another network's features live beside them)."""
         extractor = self.extractor(name)
         stamp = ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in shards)
         signature = f"{extractor.cache_key}|{stamp}"
-        path = Path(run_dir) / f"features-{name}.npz"
+        path = Path(run_dir) / f"features-{name}-{text_sha256(extractor.cache_key)[:12]}.npz"
         features = _load_cached(path, signature)
         if features is None:
             total = sum(npz_image_count(p) for p in shards)
@@ -241,10 +272,10 @@ class Evaluator:
                 sample_features[name] = self.run_features(run_dir, name, shards)
             return sample_features[name]
 
-        results = compute_metrics(
-            metrics, samples, self.reference_features, self.reference.stats, lambda: shard_labels(shards),
-            self.device, self.tile, bootstrap=self.bootstrap,
-        )
+        inputs = FeatureInputs(samples, self.reference_features, self.reference.stats, lambda: shard_labels(shards),
+                               self.device, self.tile, bootstrap=self.bootstrap,
+                               reference_statistics=self.reference_statistics)
+        results = compute_scores(metrics, inputs)
         path = run_dir / METRICS_FILE
         merged = json.loads(path.read_text()) if path.is_file() else {}
         merged.update(results)

@@ -20,10 +20,10 @@ from harness.metrics.precision_recall import ADM_TILE, precision_recall
 # Resamples of each bootstrap interval (FD, CMMD). A 95% percentile interval reads the 2.5% and 97.5% quantiles of
 # the resampled values, so each tail needs several draws to be more than an extreme value: 1000 gives 25 draws per
 # tail (Efron & Tibshirani's advice for percentile intervals is 1000 or more).
-BOOTSTRAP_RESAMPLES = 100
+BOOTSTRAP_RESAMPLES = 1000
 # Above 512 dims (Inception: 2048) a resample costs a d x d covariance and eigenproblem when samples outnumber
 # the dims: 200 resamples still leave 5 draws per tail of a 95% interval (perf/bootstrap_cost.py measures it).
-BOOTSTRAP_RESAMPLES_LARGE = 20
+BOOTSTRAP_RESAMPLES_LARGE = 200
 BOOTSTRAP_LEVEL = 0.95
 MIN_TAIL_DRAWS = 5  # fewer resampled values than this beyond each end: the interval is an extreme value, refused
 
@@ -42,6 +42,13 @@ class FeatureInputs:
     sample_stats: Mapping[str, GaussianStats] = field(default_factory=dict)
     bootstrap: int = BOOTSTRAP_RESAMPLES
     memo: dict[Any, Any] = field(default_factory=dict)  # results scorers share (precision and recall: one pass)
+    reference_statistics: Callable[[str, str], GaussianStats] | None = None  # cached by the Evaluator
+
+    def reference_gaussian(self, extractor: str, feature: str) -> GaussianStats:
+        """Mean and covariance of the reference's features (from the evaluator's cache when it has one)."""
+        if self.reference_statistics is not None:
+            return self.reference_statistics(extractor, feature)
+        return gaussian_stats(self.reference(extractor)[feature])
 
 
 def resamples_for(dims: int, bootstrap: int) -> int:
@@ -65,16 +72,18 @@ def score_fd(spec: Any, inputs: FeatureInputs) -> dict[str, Any]:
     precomputed = spec.extractor == "inception"
     ref_stats = inputs.reference_stats.get(spec.feature) if precomputed else None
     sam_stats = inputs.sample_stats.get(spec.feature) if precomputed else None
-    ref_stats = ref_stats or gaussian_stats(inputs.reference(spec.extractor)[spec.feature])
+    ref_stats = ref_stats or inputs.reference_gaussian(spec.extractor, spec.feature)
     features, resamples = None, 0
     if sam_stats is None:
         features = inputs.samples(spec.extractor)[spec.feature]
         sam_stats = gaussian_stats(features)
         resamples = resamples_for(features.shape[1], inputs.bootstrap)
-    value = frechet_distance(sam_stats, ref_stats)
+    value = frechet_distance(sam_stats, ref_stats, device=inputs.device)
     results: dict[str, Any] = {spec.name: value}
     if resamples >= 2 and len(features) >= 2:
-        lo, hi = bootstrap_fd(features, ref_stats.mu, ref_stats.sigma, n_boot=resamples)
+        check_resamples(resamples)
+        lo, hi = bootstrap_fd(features, ref_stats.mu, ref_stats.sigma, n_boot=resamples, level=BOOTSTRAP_LEVEL,
+                              device=inputs.device)
         # resampled FDs are biased upwards: with few images all may exceed the point, which the interval must hold
         results[f"{spec.name}_ci"] = [min(lo, value), max(hi, value)]
     return results
