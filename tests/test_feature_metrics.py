@@ -257,3 +257,20 @@ def test_suite_asking_for_dinov2_and_cmmd_without_weights_names_the_assets(tmp_p
     with pytest.raises(HarnessError) as error:
         raise_missing(needs)
     assert "harness assets --fetch" in str(error.value) and "dinov2-vitl14 clip-vit-l-14-336-openai" in str(error.value)
+
+
+def test_extractors_without_weights_name_the_fetch_command(tmp_path, monkeypatch) -> None:
+    import harness.assets as assets
+    from harness.metrics import open_clip_models
+    from harness.metrics.cmmd import ClipExtractor
+
+    monkeypatch.setenv(assets.ASSETS_ENV, str(tmp_path))
+    monkeypatch.setattr(assets, "hub_cached", lambda hub, files: False)
+    monkeypatch.setattr(open_clip_models, "_cached_weights", lambda cfg: None)
+    with pytest.raises(HarnessError, match="harness assets --fetch dinov2-vitl14"):
+        Dinov2Extractor()
+    with pytest.raises(HarnessError, match="harness assets --fetch clip-vit-l-14-336-openai"):
+        ClipExtractor()
+    clip = ClipExtractor(random_weights=True)  # dry runs: a tiny random CLIP at 336 px
+    features = clip.extract([random_smooth_images(2, 24, np.random.default_rng(0))], progress=False)["pool"]
+    np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
