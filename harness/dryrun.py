@@ -106,8 +106,12 @@ class DrySuite:
 
     @property
     def extractor_options(self) -> dict[str, dict[str, object]]:
-        """Evaluator options: the Inception extractor on the random weights."""
-        return {"inception": {"weights_path": str(self.inception_weights)}}
+        """Evaluator options: the Inception extractor on the random weights, the others their registered dry-run
+        options (random weights: DINOv2, CLIP)."""
+        from harness.metrics import FEATURE_EXTRACTORS
+
+        options = {name: dict(spec.dry_options) for name, spec in FEATURE_EXTRACTORS.items() if spec.dry_options}
+        return {**options, "inception": {"weights_path": str(self.inception_weights)}}
 
     def prepare_evaluation(self, reference_images: int | None = None) -> None:
         """Write the random Inception weights and the dry reference batch (`reference_images` images, default as

@@ -18,17 +18,19 @@ from tqdm import tqdm
 
 from harness import distributed
 from harness.errors import HarnessError
+from harness.metrics import METRICS, is_prompt_metric
 from harness.metrics.evaluate import Evaluator
-from harness.metrics.t2i import evaluate_folder, evaluate_prompt_run, is_prompt_metric
+from harness.metrics.t2i import evaluate_folder, evaluate_prompt_run
 from harness.preflight import require_assets
 from harness.prompts import load_prompts
 from harness.prompts.layouts import detect_layout
 from harness.rundir import RUN_MANIFEST, run_dir_of
 
-# Dry runs score with tiny random-weight models: a Mask2Former and a CLIP for GenEval, a CLIP for clip_score, and
-# the HPSv3 worker's tiny Qwen2-VL backend in this environment. Nothing is read from disk or downloaded.
-DRY_OPTIONS = {"geneval": {"random_weights": True}, "clip_score": {"random_weights": True},
-               "hpsv3": {"random_weights": True}}
+
+
+def dry_options() -> dict[str, dict[str, Any]]:
+    """Each prompt metric's options in dry runs (MetricSpec.dry_options): tiny random-weight scorers."""
+    return {name: dict(spec.dry_options) for name, spec in METRICS.items() if spec.dry_options}
 
 
 def evaluate_runs(suite: Any, runs: Sequence[Any], runs_root: Path, device: str | None, dry: Any = None) -> None:
@@ -65,7 +67,7 @@ def _score_prompt_runs(suite: Any, runs: Sequence[Any], runs_root: Path, names: 
     """GenEval / HPSv3 / CLIP score of each run's images against its prompt set (and GenEval's results.jsonl)."""
     dev = distributed.resolve_device(device)
     prompts = load_prompts(suite.prompts, suite.root)
-    options = DRY_OPTIONS if dry is not None else {"hpsv3": {"root": suite.root}}  # its assets and .venv-hpsv3
+    options = dry_options() if dry is not None else {"hpsv3": {"root": suite.root}}  # its assets and .venv-hpsv3
     for run in runs:
         evaluate_prompt_run(run_dir_of(runs_root, run), names, prompts, dev, options)
 
@@ -88,7 +90,7 @@ def evaluate_sample_folder(folder: Path, metrics: str | None, out: str | None, d
     """`harness evaluate FOLDER`: score samples another generator wrote in GenEval's or HPSv3's layout."""
     names = metrics.split(",") if metrics else [detect_layout(folder)]
     dev = distributed.resolve_device(device)
-    options = DRY_OPTIONS if dry_run else {"hpsv3": {"root": Path(root) if root else None}}
+    options = dry_options() if dry_run else {"hpsv3": {"root": Path(root) if root else None}}
     results = evaluate_folder(folder, names, Path(out) if out else None, dev, options, strict)
     for key, value in results.items():
         print(f"{key}: {value:.5f}" if isinstance(value, float) else f"{key}: {value}")

@@ -2,7 +2,8 @@
 from the components that read them, and stop with one message listing everything missing and how to get it.
 
 The asset registry (harness.assets) knows the manifest only; each component declares its own need (vae_need,
-inception_need, file_need for plain files). This module is where a suite's runs meet those declarations.
+file_need for plain files; a metric its `assets`, its extractor `assets` or a `need` function, in
+harness.metrics). This module is where a suite's runs meet those declarations.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.assets import ASSET_MANIFEST, Asset, Need, file_need, load_manifest, raise_missing
-from harness.metrics import get_metric
-from harness.metrics.features import inception_need
+from harness import registry
+from harness.metrics import get_extractor_spec, get_metric
 from harness.models.hub_text import text_encoder_need
 from harness.models.vae import vae_need
 
@@ -45,19 +46,20 @@ def missing_assets(runs: Sequence[Any], root: str | Path | None = None, generate
             if isinstance(run.reference, Path) and run.metrics and f"ref:{run.reference}" not in needs:
                 needs[f"ref:{run.reference}"] = file_need("reference batch", run.reference, assets,
                                                           ("reference", "samples"), root)
-        if any(get_metric(m).extractor == "inception" for run in runs for m in run.metrics):
-            needs["inception"] = inception_need(assets, root)
-        for name in dict.fromkeys(a for run in runs for m in run.metrics for a in METRIC_ASSETS.get(m, ())):
+        specs = [get_metric(m) for m in dict.fromkeys(m for run in runs for m in run.metrics)]
+        names: list[str] = []
+        for extractor in dict.fromkeys(s.extractor for s in specs if s.extractor):
+            spec = get_extractor_spec(extractor)
+            if spec.need is not None:
+                needs[extractor] = registry.load(spec.need)(assets, root)
+            names += spec.assets
+        # an entry not in the manifest is not checked; a hub asset also counts as present when the Hugging Face
+        # cache holds its files (Asset.present), where the loaders look
+        for name in dict.fromkeys(names + [a for s in specs for a in s.assets]):
             asset = assets.get(name)
             if asset is not None and not asset.present(root):
                 needs[f"asset:{name}"] = Need(asset.description, asset.location(root), asset, asset.how_to_get())
     return [n for n in needs.values() if n is not None]
-
-
-# Weights the text-to-image metrics read, by manifest name (an entry not in the manifest is not checked). A hub
-# asset also counts as present when the Hugging Face cache holds its files (Asset.present), where their loaders look.
-METRIC_ASSETS = {"geneval": ("mask2former-swin-s-coco", "clip-vit-l-14-openai"),
-                 "clip_score": ("clip-vit-l-14-openai",), "hpsv3": ("hpsv3", "qwen2-vl-7b-instruct")}
 
 
 def assets_of_prompts() -> dict[str, str]:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.metrics.evaluate import Evaluator, compute_metrics, list_shards, shard_labels
+from harness.metrics.evaluate import Evaluator, compute_metrics, shard_labels
+from harness.rundir import list_shards
 from harness.rundir import run_dir_of
 from harness.search.loop import SearchOptions, counted_costs, replay
 from harness.search.policy import DEFAULT_BUDGET, Score, default_rungs, front, front_covers

@@ -129,6 +129,23 @@ def test_dry_bench_runs_every_stage_and_marks_it(tmp_path, capsys):
     assert (reports / "imagenet256-dryrun" / "samples" / "cfg.png").is_file()
 
 
+def test_dry_run_computes_kid_fd_dinov2_and_cmmd(tmp_path, capsys):
+    # suites/imagenet256.toml with the three feature metrics (FID/sFID left out as above: a 2048-d sqrtm each);
+    # `harness bench suites/imagenet256.toml --dry-run` with them added to [suite] metrics computes all of them.
+    text = (SUITES / "imagenet256.toml").read_text()
+    metrics = 'metrics = ["fid", "sfid", "is", "precision", "recall"]'
+    suite = tmp_path / "imagenet256.toml"
+    suite.write_text(text.replace(metrics, 'metrics = ["is", "kid", "fd_dinov2", "cmmd"]'))
+    runs = tmp_path / "runs"
+    code = main(["bench", str(suite), "--root", str(tmp_path), "--dry-run", "--dry-run-arch", "Testbed-XS/4",
+                 "--samples", "4", "--steps", "1", "--only", "^cfg$", "--device", "cpu",
+                 "--out", str(runs), "--reports", str(tmp_path / "reports")])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((runs / "imagenet256-dryrun" / "cfg" / "metrics.json").read_text())
+    assert {"kid", "kid_std", "fd_dinov2", "cmmd"} <= set(metrics)
+    assert all(np.isfinite(metrics[m]) for m in ("kid", "fd_dinov2", "cmmd")) and metrics["fd_dinov2"] > 0
+
+
 def test_maskdit_suite_dry_runs_end_to_end(tmp_path, capsys):
     # suites/maskdit256.toml as written, minus its Frechet metrics (see above), on MaskDiT-S/2 with 1 EDM step
     text = (SUITES / "maskdit256.toml").read_text()

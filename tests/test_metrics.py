@@ -15,7 +15,8 @@ import torch
 from harness.errors import HarnessError
 from harness.metrics import FEATURE_EXTRACTORS, METRICS, FeatureExtractor, get_metric, register_feature_extractor
 from harness.metrics import adm_eval, features, frechet
-from harness.metrics.evaluate import Evaluator, Reference, evaluate_run, list_shards
+from harness.metrics.evaluate import Evaluator, Reference, evaluate_run
+from harness.rundir import list_shards
 from harness.metrics.features import (
     InceptionExtractor,
     TorchFidelityImages,
@@ -24,6 +25,7 @@ from harness.metrics.features import (
 )
 from harness.metrics.frechet import GaussianStats, frechet_distance, gaussian_stats
 from harness.metrics.inception_score import inception_score
+from harness.metrics.kid import kid
 from harness.metrics.precision_recall import manifold_radii, precision_recall
 from harness.metrics.reference import (
     NpzArrayReader,
@@ -77,7 +79,7 @@ def harness_features(inception: InceptionExtractor, image_sets: dict) -> dict[st
 
 
 
-def test_fid_and_is_match_torch_fidelity(random_weights: Path, image_sets: dict, harness_features: dict) -> None:
+def test_fid_is_and_kid_match_torch_fidelity(random_weights: Path, image_sets: dict, harness_features: dict) -> None:
     import torch_fidelity
 
     theirs = torch_fidelity.calculate_metrics(
@@ -85,6 +87,8 @@ def test_fid_and_is_match_torch_fidelity(random_weights: Path, image_sets: dict,
         input2=TorchFidelityImages(image_sets["reference"]),
         isc=True,
         fid=True,
+        kid=True,
+        kid_subset_size=N_IMAGES,  # ours caps the subset size at the image count; torch-fidelity must be told
         cuda=False,
         batch_size=BATCH,
         feature_extractor="inception-v3-compat",
@@ -102,6 +106,10 @@ def test_fid_and_is_match_torch_fidelity(random_weights: Path, image_sets: dict,
     assert ours_is > 1.5 and ours_fid > 1.0  # the random network separates images and the two sets
     assert relative(ours_is, theirs["inception_score_mean"]) < 1e-6
     assert relative(ours_fid, theirs["frechet_inception_distance"]) < 1e-6
+    kid_mean, kid_std = kid(sam["pool"], ref["pool"])
+    assert kid_mean > 0 and kid_std >= 0
+    assert relative(kid_mean, theirs["kernel_inception_distance_mean"]) < 1e-6
+    assert relative(kid_std, theirs["kernel_inception_distance_std"]) < 1e-6
 
 
 def test_spatial_features_are_mixed_6d_first_channels_in_nhwc_order(harness_features: dict) -> None:
@@ -191,12 +199,12 @@ def test_frechet_survives_singular_covariances(monkeypatch: pytest.MonkeyPatch) 
     zero = np.zeros((16, 16))
     zero_fd = frechet_distance(GaussianStats(mu1, zero), GaussianStats(mu2, zero))
     assert zero_fd == pytest.approx((mu1 - mu2) @ (mu1 - mu2))
-    # where sqrtm fails even after the 1e-6 diagonal retry, the eigenvalue fallback gives the same distance
+    # ADM's path: where sqrtm fails even after the 1e-6 diagonal retry, the eigenvalue fallback gives the same distance
     few = rng.normal(size=(6, 16)), rng.normal(size=(9, 16))
     s1, s2 = gaussian_stats(few[0]), gaussian_stats(few[1])
     monkeypatch.setattr(frechet, "_sqrtm", lambda m: np.full_like(m, np.nan))
     with pytest.warns(UserWarning, match="eigenvalues"):
-        value = frechet_distance(s1, s2)
+        value = frechet_distance(s1, s2, method="sqrtm")
     assert value == pytest.approx(direct_frechet(s1.mu, s1.sigma, s2.mu, s2.sigma), rel=1e-5)
 
 
@@ -313,7 +321,7 @@ def test_evaluate_run_computes_caches_and_merges(tmp_path: Path, pixel_registry:
     assert (results["precision_pixels"], results["recall_pixels"]) == precision_recall(ref["pool"], sam["pool"])
     assert results["class_acc"] == pytest.approx(10 / 14)
     assert json.loads((run / "metrics.json").read_text()) == {**results, "kept": 1.0}
-    assert (run / "features-pixels.npz").is_file() and (run / "features-testbed.npz").is_file()
+    assert len(list(run.glob("features-pixels-*.npz"))) == 1 and len(list(run.glob("features-testbed-*.npz"))) == 1
     assert PixelExtractor.images_seen == 2 * 14 + 12  # samples for two extractors, reference once
 
     PixelExtractor.images_seen = 0

@@ -278,7 +278,7 @@ def test_fd_intervals_contain_their_point_and_asymmetric_ones_print_as_ranges():
     for seed in range(5):  # a few images: the bootstrap's FDs all lie above the point
         features = {"pool": rng.normal(size=(6, 4)) + seed}
         out = compute_metrics(["fd_inception"], samples=lambda _, f=features: f,
-                              reference=lambda _: {"pool": rng.normal(size=(50, 4))}, bootstrap=50)
+                              reference=lambda _: {"pool": rng.normal(size=(50, 4))}, bootstrap=200)
         lo, hi = out["fd_inception_ci"]
         assert lo <= out["fd_inception"] <= hi
     assert fmt_interval(4.0, 3.8, 4.2) == "4.00 ± 0.2"

@@ -5,14 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from harness import registry
 from harness.errors import HarnessError
+from harness.files import atomic_write, file_sha256, text_sha256, write_json
 from harness.metrics import (
     FeatureExtractor,
     build_extractor,
@@ -21,41 +22,22 @@ from harness.metrics import (
     get_extractor_spec,
     get_metric,
 )
-from harness.metrics.frechet import GaussianStats, bootstrap_fd, frechet_distance, gaussian_stats
-from harness.metrics.inception_score import inception_score
-from harness.metrics.precision_recall import ADM_TILE, precision_recall
+from harness.metrics.frechet import GaussianStats, gaussian_stats
+from harness.metrics.precision_recall import ADM_TILE
 from harness.metrics.reference import (
     NpzArrayReader,
     npz_image_count,
     open_image_source,
     read_reference_stats,
 )
+from harness.metrics.scores import BOOTSTRAP_RESAMPLES, FeatureInputs
+from harness.rundir import METRICS_FILE, list_shards
 
-BOOTSTRAP_RESAMPLES = 100  # resamples for the interval of each Frechet distance
-BOOTSTRAP_RESAMPLES_LARGE = 20  # above 512 dims (Inception: 2048), where one resample costs a full covariance
-
-SHARD_NAME = re.compile(r"^samples-(\d+)\.npz$")
-METRICS_FILE = "metrics.json"
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write path through a temporary name in the same folder and os.replace, so readers never see half a file."""
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(temp)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def _save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Atomically save arrays as an uncompressed .npz."""
-
-    def write(temp: Path) -> None:
-        with open(temp, "wb") as f:
-            np.savez(f, **arrays)
-
-    _atomic_write(path, write)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def _load_cached(path: Path, signature: str) -> dict[str, np.ndarray] | None:
@@ -74,14 +56,22 @@ class Reference:
     def __init__(
         self,
         name: str,
-        identity: str,
+        identity: str | Callable[[], str],
         num_images: int,
         chunks: Callable[[], Iterator[np.ndarray]],
         stats: Mapping[str, GaussianStats] | None = None,
     ) -> None:
-        self.name, self.identity, self.num_images = name, identity, num_images
+        self.name, self.num_images = name, num_images
+        self._identity = identity  # what the reference's cached features are keyed by (computed when first needed)
         self.chunks = chunks  # a fresh iterator of uint8 NHWC chunks per call
         self.stats = dict(stats or {})  # Inception statistics by feature key ("pool", "spatial")
+
+    @property
+    def identity(self) -> str:
+        """Names the reference's content: the sha256 of its file or images (a folder: its path and shape)."""
+        if callable(self._identity):
+            self._identity = self._identity()
+        return self._identity
 
     @classmethod
     def from_npz(cls, path: str | os.PathLike) -> Reference:
@@ -89,9 +79,7 @@ class Reference:
         path = Path(path)
         if not path.is_file():
             raise HarnessError(f"reference batch {path} does not exist")
-        info = path.stat()
-        identity = f"{path.resolve()}:{info.st_size}:{info.st_mtime_ns}"
-        return cls(str(path), identity, npz_image_count(path), lambda: open_image_source(path)[1],
+        return cls(str(path), lambda: f"sha256:{file_sha256(path)}", npz_image_count(path), lambda: open_image_source(path)[1],
                    read_reference_stats(path))
 
     @classmethod
@@ -116,21 +104,6 @@ class Reference:
             identity = f"{path.resolve()}:{shape}"
             return cls(str(path), identity, shape[0], lambda: open_image_source(path)[1])
         return cls.from_npz(path)
-
-
-def list_shards(run_dir: str | os.PathLike) -> list[Path]:
-    """The run's sample shards in index order, checked to be contiguous from index 0."""
-    run_dir = Path(run_dir)
-    found = [(int(m.group(1)), p) for p in run_dir.glob("samples-*.npz") if (m := SHARD_NAME.match(p.name))]
-    if not found:
-        raise HarnessError(f"{run_dir}: no sample shards (samples-<first index>.npz)")
-    found.sort()
-    expected = 0
-    for first, path in found:
-        if first != expected:
-            raise HarnessError(f"{path}: starts at index {first}, expected {expected} (missing or overlapping shard)")
-        expected += npz_image_count(path)
-    return [path for _, path in found]
 
 
 def first_shards(run_dir: str | os.PathLike, samples: int) -> list[Path]:
@@ -178,47 +151,20 @@ def compute_metrics(
     sample_stats: Mapping[str, GaussianStats] | None = None,
     bootstrap: int = BOOTSTRAP_RESAMPLES,
 ) -> dict[str, float | list[float]]:
-    """Metric values from features: samples(extractor) and reference(extractor) give {key: [N, D]} and are called
-    only when needed; precomputed Inception statistics (by feature key) are preferred, as ADM does.
+    """Metric values from features, each by its registered scorer (harness.metrics.scores): samples(extractor) and
+    reference(extractor) give {key: [N, D]} and are called only when needed; precomputed Inception statistics (by
+    feature key) are preferred, as ADM does. `bootstrap`: resamples of each interval (0 turns intervals off)."""
+    inputs = FeatureInputs(samples, reference, reference_stats or {}, labels, device, tile, sample_stats or {},
+                           bootstrap)
+    return compute_scores(names, inputs)
 
-    Each Frechet distance computed from sample features also gets `<name>_ci`: a 95% bootstrap interval over
-    resampled samples against the fixed reference statistics (`bootstrap` resamples; fewer above 512 dims,
-    where each costs a full covariance; 0 turns it off)."""
-    specs = [get_metric(name) for name in names]
-    results: dict[str, float] = {}
-    pr_cache: dict[str, tuple[float, float]] = {}
-    for spec in specs:
-        if spec.kind == "fd":
-            precomputed = spec.extractor == "inception"
-            ref_stats = (reference_stats or {}).get(spec.feature) if precomputed else None
-            sam_stats = (sample_stats or {}).get(spec.feature) if precomputed else None
-            ref_stats = ref_stats or gaussian_stats(reference(spec.extractor)[spec.feature])
-            features, resamples = None, 0
-            if sam_stats is None:
-                features = samples(spec.extractor)[spec.feature]
-                sam_stats = gaussian_stats(features)
-                resamples = bootstrap if features.shape[1] <= 512 else min(bootstrap, BOOTSTRAP_RESAMPLES_LARGE)
-            # ADM's order: sample statistics first
-            results[spec.name] = frechet_distance(sam_stats, ref_stats)
-            if resamples >= 2 and len(features) >= 2:
-                lo, hi = bootstrap_fd(features, ref_stats.mu, ref_stats.sigma, n_boot=resamples)
-                # resampled FDs are biased upwards: with few images all may exceed the point, which the
-                # interval must still hold
-                results[f"{spec.name}_ci"] = [min(lo, results[spec.name]), max(hi, results[spec.name])]
-        elif spec.kind == "is":
-            results[spec.name] = inception_score(samples(spec.extractor)[spec.feature])
-        elif spec.kind in ("precision", "recall"):
-            if spec.extractor not in pr_cache:
-                ref_pool, sam_pool = reference(spec.extractor)[spec.feature], samples(spec.extractor)[spec.feature]
-                pr_cache[spec.extractor] = precision_recall(ref_pool, sam_pool, tile=tile, device=device)
-            results[spec.name] = pr_cache[spec.extractor][0 if spec.kind == "precision" else 1]
-        elif spec.kind == "class_acc":
-            if labels is None:
-                raise HarnessError(f"{spec.name} needs the samples' class labels")
-            predicted, truth = np.asarray(samples(spec.extractor)[spec.feature]).argmax(axis=1), labels()
-            if len(truth) != len(predicted):
-                raise HarnessError(f"{spec.name}: {len(truth)} labels for {len(predicted)} samples")
-            results[spec.name] = float(np.mean(predicted == truth))
+
+def compute_scores(names: Sequence[str], inputs: FeatureInputs) -> dict[str, float | list[float]]:
+    """Each named metric's values by its registered scorer."""
+    results: dict[str, float | list[float]] = {}
+    for name in names:
+        spec = get_metric(name)
+        results.update(registry.load(spec.scorer)(spec, inputs))
     return results
 
 
@@ -244,6 +190,7 @@ class Evaluator:
         self.reference_cache_dir = Path(reference_cache_dir) if reference_cache_dir else None
         self._extractors: dict[str, FeatureExtractor] = {}
         self._reference_features: dict[str, dict[str, np.ndarray]] = {}
+        self._reference_stats: dict[tuple[str, str], GaussianStats] = {}
 
     def extractor(self, name: str) -> FeatureExtractor:
         """The named extractor, built once on this evaluator's device."""
@@ -251,16 +198,34 @@ class Evaluator:
             self._extractors[name] = build_extractor(name, self.device, **self.extractor_options.get(name, {}))
         return self._extractors[name]
 
+    def _reference_cache(self, kind: str, name: str) -> tuple[Path | None, str]:
+        """(cache file or None, signature) of the reference's `kind` ("features", "stats") for an extractor:
+        keyed by the extractor's network and weights and by the reference's content hash."""
+        signature = f"{self.extractor(name).cache_key}|{self.reference.identity}"
+        if self.reference_cache_dir is None:
+            return None, signature
+        return self.reference_cache_dir / f"reference-{kind}-{name}-{text_sha256(signature)[:16]}.npz", signature
+
+    def reference_statistics(self, name: str, key: str) -> GaussianStats:
+        """Mean and covariance of the reference's `key` features of extractor `name`, cached like the features."""
+        if (name, key) not in self._reference_stats:
+            path, signature = self._reference_cache("stats", name)
+            cached = (_load_cached(path, signature) or {}) if path else {}
+            if f"mu_{key}" not in cached:
+                stats = gaussian_stats(self.reference_features(name)[key])
+                cached.update({f"mu_{key}": stats.mu, f"sigma_{key}": stats.sigma})
+                if path:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    _save_npz(path, {**cached, "signature": np.array(signature)})
+            self._reference_stats[(name, key)] = GaussianStats(cached[f"mu_{key}"], cached[f"sigma_{key}"])
+        return self._reference_stats[(name, key)]
+
     def reference_features(self, name: str) -> dict[str, np.ndarray]:
         """Features of the reference images, kept in memory and (with a cache dir) on disk."""
         if name in self._reference_features:
             return self._reference_features[name]
         extractor = self.extractor(name)
-        signature = f"{extractor.cache_key}|{self.reference.identity}"
-        path = None
-        if self.reference_cache_dir is not None:
-            digest = hashlib.sha256(signature.encode()).hexdigest()[:16]
-            path = self.reference_cache_dir / f"reference-features-{name}-{digest}.npz"
+        path, signature = self._reference_cache("features", name)
         features = _load_cached(path, signature) if path else None
         if features is None:
             features = extractor.extract(
@@ -273,11 +238,12 @@ class Evaluator:
         return features
 
     def run_features(self, run_dir: str | os.PathLike, name: str, shards: Sequence[Path]) -> dict[str, np.ndarray]:
-        """Features of the run's samples, cached as features-<name>.npz in the run dir for the same shards."""
+        """Features of the run's samples, cached in the run folder as features-<name>-<hash of the extractor's
+        network and weights>.npz for the same shards (another network's features live beside them)."""
         extractor = self.extractor(name)
         stamp = ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in shards)
         signature = f"{extractor.cache_key}|{stamp}"
-        path = Path(run_dir) / f"features-{name}.npz"
+        path = Path(run_dir) / f"features-{name}-{text_sha256(extractor.cache_key)[:12]}.npz"
         features = _load_cached(path, signature)
         if features is None:
             total = sum(npz_image_count(p) for p in shards)
@@ -306,14 +272,14 @@ class Evaluator:
                 sample_features[name] = self.run_features(run_dir, name, shards)
             return sample_features[name]
 
-        results = compute_metrics(
-            metrics, samples, self.reference_features, self.reference.stats, lambda: shard_labels(shards),
-            self.device, self.tile, bootstrap=self.bootstrap,
-        )
+        inputs = FeatureInputs(samples, self.reference_features, self.reference.stats, lambda: shard_labels(shards),
+                               self.device, self.tile, bootstrap=self.bootstrap,
+                               reference_statistics=self.reference_statistics)
+        results = compute_scores(metrics, inputs)
         path = run_dir / METRICS_FILE
         merged = json.loads(path.read_text()) if path.is_file() else {}
         merged.update(results)
-        _atomic_write(path, lambda temp: temp.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n"))
+        write_json(path, merged, sort_keys=True)
         return results
 
 

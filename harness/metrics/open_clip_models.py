@@ -47,6 +47,21 @@ def _asset_file(name: str) -> Path | None:
     return files[0].dest if files and files[0].dest.is_file() else None
 
 
+def asset_weights(arch: str, pretrained: str, weights: str | Path | None = None, asset: str | None = None) -> Path:
+    """The weights file of arch/pretrained: `weights`, else the manifest asset's file, else the Hugging Face cache;
+    HarnessError naming the asset's fetch command when none is there."""
+    import open_clip
+
+    found = Path(weights) if weights else (_asset_file(asset) if asset else None)
+    if found is None or not found.is_file():
+        cached = _cached_weights(open_clip.get_pretrained_cfg(arch, pretrained))
+        found = Path(cached) if cached and not weights else found
+    if found is None or not found.is_file():
+        fetch = f"`harness assets --fetch {asset}`" if asset else "download it with open-clip once"
+        raise HarnessError(f"CLIP {arch}/{pretrained} weights are missing{f' at {weights}' if weights else ''}; {fetch}")
+    return found
+
+
 def load_open_clip(arch: str, pretrained: str | None = None, device: str | torch.device = "cpu",
                    weights: str | Path | None = None, asset: str | None = None, **overrides: object):
     """(model, val transform, tokenizer). pretrained=None and no weights: random weights (dry runs, tests);

@@ -15,9 +15,8 @@ Options by metric name (`options["geneval"]`, ...) choose models; a dry run pass
 from __future__ import annotations
 
 import json
-import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,15 @@ import torch
 
 from harness import registry
 from harness.errors import HarnessError
+from harness.files import write_json
+from harness.metrics import METRICS, get_metric, is_prompt_metric
 from harness.prompts.layouts import (
     READERS, Sample, detect_layout, folder_problems, geneval_name, hpsv3_name, per_prompt_positions, write_hpsv3,
 )
 from harness.prompts.sets import PromptSet
+from harness.rundir import METRICS_FILE, list_shards
 
 RESULTS_FILE = "results.jsonl"  # GenEval's per-image results, official format
-METRICS_FILE = "metrics.json"
 HPSV3_FOLDER = "hpsv3"  # a run's images in HPSv3's layout, for the worker
 
 
@@ -57,8 +58,6 @@ class _ShardCache:
 
 def run_samples(run_dir: Path, prompts: PromptSet, layout: str = "geneval") -> list[Sample]:
     """The samples of a run, prompt = the label its shard stores, named as in GenEval's or HPSv3's layout."""
-    from harness.metrics.evaluate import list_shards
-
     cache = _ShardCache()
     rows: list[tuple[Path, int, int]] = []
     for shard in list_shards(run_dir):
@@ -169,14 +168,6 @@ def score_clip(samples: Sequence[Sample], prompts: PromptSet, out_dir: Path, dev
     return {"clip_score": float(np.concatenate(values).mean()), "clip_score_model": model}
 
 
-# Metrics computed from images and their prompts (no reference batch), by name.
-SCORERS: dict[str, Callable[..., dict[str, Any]] | str] = {"geneval": score_geneval, "hpsv3": score_hpsv3,
-                                                      "clip_score": score_clip}
-
-
-SCORERS["geneval_testbed"] = "harness.testbed.geneval_testbed:score_geneval_testbed"  # a plug-in: the text testbed
-
-
 #################################################################################
 #                          Runs and external folders                            #
 #################################################################################
@@ -189,9 +180,7 @@ def _write_jsonl(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
 def _merge_metrics(path: Path, values: Mapping[str, Any]) -> None:
     merged = json.loads(path.read_text()) if path.is_file() else {}
     merged.update(values)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_json(path, merged, sort_keys=True)
 
 
 def score(names: Sequence[str], samples: Sequence[Sample], prompts: PromptSet, out_dir: Path,
@@ -207,7 +196,10 @@ def score(names: Sequence[str], samples: Sequence[Sample], prompts: PromptSet, o
         if name == "hpsv3":
             results.update(score_hpsv3(samples, prompts, out_dir, device, opts, folder=hpsv3_folder))
         else:
-            results.update(registry.lookup(SCORERS, name, "prompt metric")(samples, prompts, out_dir, device, opts))
+            spec = get_metric(name)  # HarnessError naming the closest metrics when unknown
+            if spec.kind != "prompt":
+                raise HarnessError(f"metric {name} is computed against a reference batch, not from prompts")
+            results.update(registry.load(spec.scorer)(samples, prompts, out_dir, device, opts))
     _merge_metrics(out_dir / METRICS_FILE, results)
     return results
 
@@ -216,8 +208,6 @@ STAMPS_FILE = "t2i-scored.json"  # per metric: the shards and options its value 
 
 
 def _stamp(run_dir: Path, prompts: PromptSet, options: Mapping[str, Any]) -> str:
-    from harness.metrics.evaluate import list_shards
-
     shards = ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in list_shards(run_dir))
     return json.dumps([shards, prompts.digest, sorted((k, repr(v)) for k, v in options.items() if k != "root")])
 
@@ -249,9 +239,10 @@ def evaluate_folder(folder: Path, names: Sequence[str], out_dir: Path | None = N
     it stops before scoring instead."""
     folder = Path(folder)
     layout = detect_layout(folder)
-    unknown = [n for n in names if n not in SCORERS]
+    unknown = [n for n in names if not is_prompt_metric(n)]
     if unknown:
-        raise HarnessError(f"{folder}: a sample folder is scored with {', '.join(SCORERS)}; not {', '.join(unknown)}")
+        known = ", ".join(n for n in METRICS if is_prompt_metric(n))
+        raise HarnessError(f"{folder}: a sample folder is scored with {known}; not {', '.join(unknown)}")
     if "geneval" in names and layout != "geneval":
         raise HarnessError(f"{folder}: geneval needs GenEval's layout (<index:05>/metadata.jsonl), found {layout}'s")
     prompts, samples = READERS[layout](folder)
@@ -265,7 +256,3 @@ def evaluate_folder(folder: Path, names: Sequence[str], out_dir: Path | None = N
     if problems:
         _merge_metrics(Path(out_dir or folder) / METRICS_FILE, {"folder_warnings": problems})
     return results
-
-
-def is_prompt_metric(name: str) -> bool:
-    return name in SCORERS

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import HarnessError
+from harness.metrics import metric_direction
 
 # Fixed leading columns of reports/<suite>/results.csv (DESIGN "Results table"); metric columns follow.
 RUN_COLUMNS = [
@@ -31,30 +32,12 @@ COST_HIGHER_IS_BETTER = {
 }
 # Throughput whose batches spread more than this (IQR / median) is marked as a noisy measurement in the report.
 NOISY_SPREAD = 0.10
-# Used only for metric names that harness.metrics.METRICS does not define.
-_FALLBACK_HIGHER_IS_BETTER = {
-    "fid": False, "sfid": False, "is": True, "precision": True, "recall": True, "class_acc": True,
-    "geneval": True, "hpsv3": True,
-}
-_PREFIX_HIGHER_IS_BETTER = (
-    ("fd_", False), ("precision_", True), ("recall_", True), ("geneval_", True), ("hpsv3_", True),
-)
 
 
 def metric_higher_is_better(name: str) -> bool | None:
-    """Whether a larger value of metric `name` is better; None when the metric is unknown."""
-    try:
-        from harness.metrics import METRICS
-    except ImportError:
-        METRICS = {}
-    if name in METRICS:
-        return bool(METRICS[name].higher_is_better)
-    if name in _FALLBACK_HIGHER_IS_BETTER:
-        return _FALLBACK_HIGHER_IS_BETTER[name]
-    for prefix, higher in _PREFIX_HIGHER_IS_BETTER:
-        if name.startswith(prefix):
-            return higher
-    return None
+    """Whether a larger value of metric column `name` is better, as the metric that writes it declares
+    (harness.metrics.MetricSpec); None when no registered metric writes it."""
+    return metric_direction(name)
 
 
 def metric_columns(df: pd.DataFrame) -> list[str]:
