@@ -111,5 +111,5 @@ def test_scheduled_gammas_reach_the_model(models):
 
 
 def test_unknown_method_is_rejected():
-    with pytest.raises(ValueError, match="unknown method 'pag'"):
-        GuidanceSpec("pag")
+    with pytest.raises(ValueError, match="unknown method 'fdg'"):
+        GuidanceSpec("fdg")
