@@ -360,3 +360,71 @@ def test_every_method_has_sourced_checked_defaults():
     assert METHODS["pag"].resolve({}, 28)["layers"] == (14,)
     with pytest.raises(ValueError, match="eta"):
         METHODS["apg"].resolve({"eta": "high"})
+
+
+#################################################################################
+#                       Suite fields of the method parameters                   #
+#################################################################################
+
+SUITE = """\
+[suite]
+name = "m"
+samples = 4
+batch_size = 4
+[sampler]
+steps = 4
+[models.main]
+arch = "Testbed-XS/4"
+sparsity = "routing"
+route = [1, 2]
+[models.dense]
+arch = "Testbed-XS/4"
+[models.maskdit]
+arch = "MaskDiT-S/2"
+"""
+
+
+def _load(tmp_path, run: str):
+    from harness.suite import load_suite
+
+    path = tmp_path / "m.toml"
+    path.write_text(SUITE + "[[runs]]\n" + run)
+    return load_suite(path, root=tmp_path)
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("none", "ag", "ag+sg")])
+def test_method_and_omega_alone_make_a_valid_run(tmp_path, method):
+    sparse = "gamma_weak = 0.5\n" if METHODS[method].sparse else ""
+    (run,) = _load(tmp_path, f'name = "r"\nmethod = "{method}"\nomega = 2.0\n{sparse}').runs
+    params = run.config["run"].get("params", {})
+    assert params.keys() == METHODS[method].params.keys()
+    if "layers" in params:
+        assert params["layers"] == list(run.guidance.param("layers")) and max(params["layers"]) < 4
+
+
+def test_parameters_change_the_config_hash_and_old_methods_keep_theirs(tmp_path):
+    base = _load(tmp_path, 'name = "r"\nmethod = "apg"\nomega = 2.0\n').runs[0]
+    other = _load(tmp_path, 'name = "r"\nmethod = "apg"\nomega = 2.0\nparams = {eta = 1.0}\n').runs[0]
+    assert base.config_hash != other.config_hash and other.guidance.param("eta") == 1.0
+    assert "params" not in _load(tmp_path, 'name = "r"\nmethod = "cfg"\nomega = 2.0\n').runs[0].config["run"]
+
+
+@pytest.mark.parametrize("run,match", [
+    ('method = "apg"\nomega = 2.0\nparams = {eta = "high"}', r"field 'params.eta': must be a number"),
+    ('method = "apg"\nomega = 2.0\nparams = {beta = 0.5}', r"field 'params': 'beta' is not a parameter"),
+    ('method = "cfg"\nomega = 2.0\nparams = {eta = 0.5}', r"field 'params': method 'cfg' has no parameters"),
+    ('method = "pag"\nomega = 2.0\nparams = {layers = [7]}', r"field 'params.layers': block 7 lies outside"),
+    ('method = "pag"\nomega = 2.0\nparams = {layers = []}', r"field 'params.layers': must be a non-empty list"),
+    ('method = "seg"\nomega = 2.0\nparams = {blur_sigma = -1.0}', r"field 'params.blur_sigma': must be > 0"),
+    ('method = "seg"\nomega = 2.0\ngamma_weak = 0.5\nparams = {layers = [1]}', r"'params.layers': SEG blurs"),
+    ('method = "slg"\nomega = 2.0\nparams = {skip_start = 0.5, skip_stop = 0.2}', r"'params.skip_start': must be <"),
+    ('method = "cfgzero"\nomega = 2.0\nparams = {zero_init_steps = 1.5}', r"must be an integer"),
+    ('method = "pdg"\nomega = 2.0\nmodel = "dense"', r"field 'method': method 'pdg' drops the route"),
+    ('method = "pdg"\nomega = 2.0\ngamma_weak = 0.5', r"field 'gamma_weak': the guidance branch of method 'pdg' drops"),
+    ('method = "pag"\nomega = 2.0\nmodel = "maskdit"', r"field 'method': .*'identity_attention'.* families that do: dit"),
+])
+def test_bad_method_fields_name_file_and_field(tmp_path, run, match):
+    from harness.errors import HarnessError
+
+    with pytest.raises(HarnessError, match=r"m\.toml: run 'r'.*" + match):
+        _load(tmp_path, 'name = "r"\n' + run + "\n")

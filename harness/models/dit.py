@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.models.perturb import INF_SIGMA, SkippedBlock, blur_token_grid
+from harness.models.perturb import SkippedBlock, blur_token_grid
 from harness.models.tokens import gather_tokens, num_sparse, select_tokens, unpatchify
 
 #################################################################################

@@ -36,14 +36,14 @@ def seg_kernel_size(sigma: float) -> int:
 
 
 def blur_token_grid(q: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Queries (B, heads, N, d) of a square token grid blurred per channel by SEG's 2-D Gaussian (mean for sigma >=
+    """Queries (B, heads, N, d) of a square token grid blurred per channel by SEG's 2-D Gaussian (mean for sigma >
     INF_SIGMA); ValueError when N is not a full square grid (a routed or masked subset of the tokens)."""
     B, heads, N, d = q.shape
     side = math.isqrt(N)
     if side * side != N:
         raise ValueError(f"SEG blurs queries over the token grid, but this block sees {N} tokens (not a square grid: "
                          "run the perturbed branch dense, gamma 0, or choose blocks outside the route)")
-    if sigma >= INF_SIGMA:
+    if sigma > INF_SIGMA:
         return q.mean(dim=2, keepdim=True).expand_as(q)
     grid = q.permute(0, 1, 3, 2).reshape(B, heads * d, side, side)
     size = min(seg_kernel_size(sigma), side - (side % 2 - 1))

@@ -335,8 +335,8 @@ def _expand(index: int, table: RunTable, doc: SuiteFile, models: dict[str, Model
     if entry.sparse and table.gamma_weak is None:
         raise where.error(name, "gamma_weak", f"method {method!r} needs gamma_weak (the weak branch's sparsity)")
     if entry.branches and all(r.dense for r in entry.branches) and table.gamma_weak is not None:
-        raise where.error(name, "gamma_weak", f"method {method!r}'s branch drops the route and routes nothing; "
-                                              "remove this field")
+        raise where.error(name, "gamma_weak", f"the guidance branch of method {method!r} drops the route and "
+                                              "routes nothing; remove this field")
     if table.params is not None and not entry.params:
         raise where.error(name, "params", f"method {method!r} has no parameters; remove this field")
 
@@ -464,7 +464,7 @@ def _method_params(entry: Method, table: RunTable, keys: dict[str, str], models:
     try:
         params = entry.resolve(dict(table.params or {}), depth)
     except KeyError as err:
-        raise where.error(name, "params", str(err).strip("'\"")) from None
+        raise where.error(name, "params", err.args[0]) from None
     except ValueError as err:
         fld, _, message = str(err).partition(": ")
         raise where.error(name, f"params.{fld}", message) from None
