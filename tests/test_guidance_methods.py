@@ -428,3 +428,13 @@ def test_bad_method_fields_name_file_and_field(tmp_path, run, match):
 
     with pytest.raises(HarnessError, match=r"m\.toml: run 'r'.*" + match):
         _load(tmp_path, 'name = "r"\n' + run + "\n")
+
+
+def test_dry_run_moves_perturbed_blocks_to_the_smaller_architecture(tmp_path):
+    from harness.dryrun import DryRun, load_dry_suite
+
+    path = tmp_path / "s.toml"
+    path.write_text(SUITE.replace("Testbed-XS/4", "Testbed-S/4").replace("route = [1, 2]", "route = [1, 4]")
+                    + '[[runs]]\nname = "r"\nmethod = "slg"\nomega = 2.0\nparams = {layers = [4, 5]}\n')
+    dry = load_dry_suite(path, tmp_path, tmp_path / "runs", DryRun(arch="small"))
+    assert dry.suite.runs[0].guidance.param("layers") == (3,)  # 4 and 5 of 6 blocks -> 3 of 4
