@@ -438,3 +438,14 @@ def test_dry_run_moves_perturbed_blocks_to_the_smaller_architecture(tmp_path):
                     + '[[runs]]\nname = "r"\nmethod = "slg"\nomega = 2.0\nparams = {layers = [4, 5]}\n')
     dry = load_dry_suite(path, tmp_path, tmp_path / "runs", DryRun(arch="small"))
     assert dry.suite.runs[0].guidance.param("layers") == (3,)  # 4 and 5 of 6 blocks -> 3 of 4
+
+
+def test_intervals_and_schedules_reach_every_new_method():
+    for method in ("apg", "cfgzero", "pag", "seg", "pdg", "cfg+pag", "sg+apg"):
+        gw = Schedule("linear", 0.6, 0.9) if METHODS[method].sparse else None
+        spec = GuidanceSpec(method, 2.0, Schedule.constant(0.1) if gw else Schedule(), gw, interval=(0.3, 0.7))
+        assert [b.label for b, _ in spec.branches_at(0.2, 0.5, 5, 11, depth=4)] == ["cond"], method
+        inside = spec.branches_at(0.5, 0.5, 5, 11, depth=4)
+        assert len(inside) == 1 + len(METHODS[method].branches), method
+        if gw:
+            assert inside[1][1] == pytest.approx(0.75)
