@@ -449,3 +449,11 @@ def test_intervals_and_schedules_reach_every_new_method():
         assert len(inside) == 1 + len(METHODS[method].branches), method
         if gw:
             assert inside[1][1] == pytest.approx(0.75)
+
+
+def test_infinite_blur_is_strict_json_in_the_config(tmp_path):
+    import json
+
+    (run,) = _load(tmp_path, 'name = "r"\nmethod = "seg"\nomega = 2.0\nparams = {blur_sigma = inf}\n').runs
+    assert run.guidance.param("blur_sigma") == math.inf and run.config["run"]["params"]["blur_sigma"] == "inf"
+    json.dumps(run.config, allow_nan=False)

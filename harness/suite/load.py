@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -424,7 +425,7 @@ def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any]
                 "paper": list(table.paper or []), "precision": precision, "compile": compiled},
     }
     if params:  # methods with parameters only, so earlier runs keep their config hashes
-        config["run"]["params"] = {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+        config["run"]["params"] = {k: _param_json(v) for k, v in params.items()}
     if table.omega_power_cosine is not None:  # set only, so earlier runs keep their config hashes
         config["run"]["omega_power_cosine"] = table.omega_power_cosine
     if prompts.spec is not None:  # only text suites carry these, so class suites keep their config hashes
@@ -439,6 +440,14 @@ def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any]
                seed=seed, labels=s.labels, metrics=tuple(s.metrics), reference=_resolve_reference(s.reference, root),
                paper=tuple(table.paper or []), config=config, config_hash=config_hash(config),
                prompts=prompts.spec, images_per_prompt=prompts.per_prompt, precision=precision, compile=compiled)
+
+
+def _param_json(value: Any) -> Any:
+    """A method parameter as the config stores it: block lists as lists, SEG's infinite sigma as "inf" (strict JSON
+    has no infinity)."""
+    if isinstance(value, tuple):
+        return list(value)
+    return "inf" if isinstance(value, float) and math.isinf(value) else value
 
 
 def _method_params(entry: Method, table: RunTable, keys: dict[str, str], models: dict[str, ModelSpec],
