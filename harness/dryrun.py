@@ -179,6 +179,21 @@ def _substitute_arch(table: dict[str, Any], key: str, arch: str, original: Suite
         table["route"] = [min(first, last), last]
 
 
+def _scale_layers(dry: dict[str, Any], original: Suite, substituted: dict[str, tuple[str, str]]) -> None:
+    """A run's perturbed blocks (`params.layers`: PAG / SEG / SLG) moved to the same relative depth of the
+    architecture its model is built as (block i of 28 -> round(i * 12 / 28) of 12), so a smaller model has them."""
+    for run in dry.get("runs", []):
+        layers = (run.get("params") or {}).get("layers")
+        key = run.get("model", "main")
+        if not isinstance(layers, list) or key not in substituted:
+            continue
+        old = getattr(original.models[key].config()[0], "depth", None)
+        new = getattr(ModelSpec(substituted[key][1]).config()[0], "depth", None)
+        if old is None or new is None:
+            continue
+        run["params"]["layers"] = sorted({min(new - 1, round(i * new / old)) for i in layers})
+
+
 def random_text_options(config: Any) -> dict[str, int]:
     """Options of the `random` text encoder giving the token states `config`'s network takes (width, length)."""
     for width, length in (("caption_channels", "caption_length"), ("text_dim", "text_len")):
@@ -212,6 +227,7 @@ def load_dry_suite(path: str | Path, root: str | Path | None, runs_root: str | P
         if arch not in (None, FULL, table["arch"]):
             substituted[key] = (table["arch"], arch)
             _substitute_arch(table, key, arch, original)
+    _scale_layers(dry, original, substituted)
     reference = source = None
     if isinstance(original.reference, Path) and original.metrics:
         reference = folder / REFERENCE_FILE

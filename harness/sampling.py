@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from harness.guidance import GuidanceSpec, combine
+from harness.guidance import Branch, GuidanceSpec, step_index
 from harness.models.adapters import FlowModel
+from harness.models.perturb import perturbed
 from harness.models.tokens import dropped_pixels, num_sparse, select_tokens
 
 SAMPLERS = ("euler", "heun", "euler_maruyama", "edm_heun")
@@ -97,18 +98,23 @@ class GuidedDenoiser:
     """The guided velocity of one run: evaluates the branches the method needs and combines them.
 
     Branches with the same model and the same number of sparse tokens (CFG, ICG) share one batched forward; each
-    image's generator is still consumed in the same order (condition, strong selection, weak selection).
+    image's generator is still consumed in the same order (condition, strong selection, weak selection); a perturbed
+    branch (PAG, SEG, SLG, PDG) runs as its own forward after them.
     A masked weak branch of a model whose `dropped` option is "strong" draws its kept tokens here (select_tokens, the
     same draws the network would make), and its velocity at the dropped positions is replaced by the strong
     branch's, so that guidance there is zero; with "decoder" the network's output is kept everywhere.
+    `steps` (the sampler's) places step windows and zeroed steps (SLG, CFG-Zero*); `state` holds per-image state
+    across the calls of one batch (APG's momentum), so one denoiser serves one batch.
     """
 
-    def __init__(self, models: Mapping[str, FlowModel], guidance: GuidanceSpec):
-        weak = guidance.weak
-        if weak is not None and weak.model not in models:
-            raise KeyError(f"method {guidance.method!r} needs a {weak.model!r} model")
+    def __init__(self, models: Mapping[str, FlowModel], guidance: GuidanceSpec, steps: int | None = None):
+        for branch in guidance.guidance_branches(_depth(models["main"])):
+            if branch.model not in models:
+                raise KeyError(f"method {guidance.method!r} needs a {branch.model!r} model")
         self.models = models
         self.guidance = guidance
+        self.steps = steps
+        self.state: dict[str, object] = {}
         self.calls: list[list[tuple[str, float]]] = []  # (model, gamma) per call, for accounting and tests
 
     def _cond(self, kind: str, cond: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
@@ -121,35 +127,75 @@ class GuidedDenoiser:
     def __call__(
         self, x: torch.Tensor, t: float, progress: float, cond: torch.Tensor, generators: Sequence[torch.Generator]
     ) -> torch.Tensor:
-        branches = self.guidance.branches_at(t, progress)
+        step = None if self.steps is None else step_index(progress, self.steps)
+        branches = self.guidance.branches_at(t, progress, step, self.steps, _depth(self.models["main"]))
         self.calls.append([(b.model, g) for b, g in branches])
+        if not branches:  # CFG-Zero*'s zeroed steps
+            return torch.zeros_like(x)
         conds = [self._cond(b.cond, cond, generators) for b, _ in branches]
         tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
         (strong, g_s), *rest = branches
         model = self.models[strong.model]
         if not rest:
             return model.velocity(x, tt, conds[0], g_s, generators)
-        (weak, g_w) = rest[0]
+        preds = {}
+        first, g_w = rest[0]
+        if first.perturb is None:
+            preds["cond"], preds[first.label] = self._pair(x, tt, conds[:2], g_s, first, g_w, generators)
+            todo = list(zip(rest[1:], conds[2:]))
+        else:
+            preds["cond"] = model.velocity(x, tt, conds[0], g_s, generators)
+            todo = list(zip(rest, conds[1:]))
+        for (branch, gamma), branch_cond in todo:
+            preds[branch.label] = self._weak(x, tt, branch_cond, branch, gamma, preds["cond"], generators)
+        return self.guidance.combine(preds, x, t, self.state)
+
+    def _pair(self, x: torch.Tensor, tt: torch.Tensor, conds: list[torch.Tensor], g_s: float, weak: Branch,
+              g_w: float, generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The strong branch and an unperturbed weak one, batched into one forward when they can be."""
+        model = self.models["main"]
         weak_model = self.models[weak.model]
-        n, n_weak = model.config.num_tokens, weak_model.config.num_tokens
-        keep_strong = (weak_model.dropped == "strong" and weak_model.config.sparsity == "masking"
-                       and num_sparse(n_weak, g_w) > 0)
-        if weak.model == strong.model and num_sparse(n, g_s) == num_sparse(n, g_w):
+        n = model.config.num_tokens
+        if weak.model == "main" and num_sparse(n, g_s) == num_sparse(n, g_w):
             ids = None
+            keep_strong = self._keeps_strong(weak_model, g_w)
             if keep_strong:  # both selections drawn here, in the order the batched forward would draw them
                 ids = torch.cat([select_tokens(len(x), n, g, generators, x.device) for g in (g_s, g_w)])
             both = model.velocity(
                 torch.cat([x, x]), torch.cat([tt, tt]), torch.cat(conds), g_s, [*generators, *generators], ids
             )
             v_strong, v_weak = both.chunk(2)
-            weak_ids = ids[len(x):] if keep_strong else None
-        else:
-            v_strong = model.velocity(x, tt, conds[0], g_s, generators)
-            weak_ids = select_tokens(len(x), n_weak, g_w, generators, x.device) if keep_strong else None
-            v_weak = weak_model.velocity(x, tt, conds[1], g_w, generators, weak_ids)
-        if keep_strong:
+            if keep_strong:
+                weak_ids = ids[len(x):]
+                dropped = dropped_pixels(weak_ids, weak_model.config.num_tokens, weak_model.config.patch_size)
+                v_weak = torch.where(dropped, v_strong, v_weak)
+            return v_strong, v_weak
+        v_strong = model.velocity(x, tt, conds[0], g_s, generators)
+        return v_strong, self._weak(x, tt, conds[1], weak, g_w, v_strong, generators)
+
+    @staticmethod
+    def _keeps_strong(model: FlowModel, gamma: float) -> bool:
+        return (model.dropped == "strong" and model.config.sparsity == "masking"
+                and num_sparse(model.config.num_tokens, gamma) > 0)
+
+    def _weak(self, x: torch.Tensor, tt: torch.Tensor, cond: torch.Tensor, branch: Branch, gamma: float,
+              v_strong: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """One guidance branch as its own forward (perturbed if the method says so)."""
+        weak_model = self.models[branch.model]
+        n_weak = weak_model.config.num_tokens
+        weak_ids = select_tokens(len(x), n_weak, gamma, generators, x.device) \
+            if self._keeps_strong(weak_model, gamma) else None
+        with perturbed(weak_model.net, branch.perturb):
+            v_weak = weak_model.velocity(x, tt, cond, gamma, generators, weak_ids)
+        if weak_ids is not None:
             v_weak = torch.where(dropped_pixels(weak_ids, n_weak, weak_model.config.patch_size), v_strong, v_weak)
-        return combine(v_strong, v_weak, self.guidance.omega_at(t), self.guidance.cfg_channels)
+        return v_weak
+
+
+def _depth(model: FlowModel) -> int | None:
+    """The number of transformer blocks of a model's network (None when it has no `blocks`)."""
+    blocks = getattr(model.net, "blocks", None)
+    return None if blocks is None else len(blocks)
 
 
 Denoise = Callable[[torch.Tensor, float, float, torch.Tensor, Sequence[torch.Generator]], torch.Tensor]
@@ -259,7 +305,7 @@ def generate(
     noise = draw_noise(generators, (cfg.in_channels, cfg.input_size, cfg.input_size)).to(device)
     synchronize(device)
     begin = time.perf_counter()
-    x = sample(GuidedDenoiser(models, guidance), noise, labels.to(device), generators, sampler)
+    x = sample(GuidedDenoiser(models, guidance, sampler.steps), noise, labels.to(device), generators, sampler)
     synchronize(device)
     end = time.perf_counter()
     pixels = decode(x) if decode is not None else x

@@ -35,7 +35,8 @@ def test_cfg_channels_three_leaves_channel_three_unguided():
 @pytest.mark.parametrize("method", list(METHODS))
 def test_omega_one_returns_the_strong_branch_exactly(models, method):
     gw = Schedule.constant(0.75) if "sg" in method else None
-    spec = GuidanceSpec(method, 1.0, Schedule.constant(0.25), gw)
+    params = (("omega_pag", 1.0),) if "omega_pag" in METHODS[method].params else ()  # cfg+pag's second weight
+    spec = GuidanceSpec(method, 1.0, Schedule.constant(0.25), gw, params=params)
     out, den, x, cond = call(models, spec)
     strong = models["main"].velocity(x, torch.full((3,), 0.5), cond, 0.25, make_generators([0, 1, 2]))
     assert torch.equal(out, strong)
@@ -110,5 +111,5 @@ def test_scheduled_gammas_reach_the_model(models):
 
 
 def test_unknown_method_is_rejected():
-    with pytest.raises(ValueError, match="unknown method 'pag'"):
-        GuidanceSpec("pag")
+    with pytest.raises(ValueError, match="unknown method 'fdg'"):
+        GuidanceSpec("fdg")

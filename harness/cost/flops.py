@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -32,9 +33,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from harness.errors import HarnessError
-from harness.guidance import GuidanceSpec
+from harness.guidance import GuidanceSpec, step_index
 from harness.models import ModelSpec, family_of
 from harness.models.batching import FORWARD_ROWS
+from harness.models.perturb import perturbed
 from harness.models.tokens import num_sparse
 from harness.sampling import SamplerSpec
 
@@ -61,8 +63,10 @@ def _fake_network(config) -> tuple[FakeTensorMode, torch.nn.Module]:
 
 
 @functools.lru_cache(maxsize=None)
-def _count_tokens(config, sparse_tokens: int) -> tuple[int, int]:
-    """(linear/conv FLOPs, attention FLOPs) of one single-image forward with `sparse_tokens` routed or masked.
+def _count_tokens(config, sparse_tokens: int, perturbation=None) -> tuple[int, int]:
+    """(linear/conv FLOPs, attention FLOPs) of one single-image forward with `sparse_tokens` routed or masked,
+    perturbed as a guidance branch says (harness.models.perturb: identity attention has no attention matmuls, SEG's
+    blur is a depthwise conv, skipped blocks and a dropped route cost nothing).
 
     Counted on a chunk of FORWARD_ROWS images (the shape every network call has) and divided: every count is linear
     in the batch."""
@@ -72,7 +76,7 @@ def _count_tokens(config, sparse_tokens: int) -> tuple[int, int]:
     mode, net = _fake_network(config)
     counter = FlopCounterMode(display=False, custom_mapping={
         aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flop})
-    with mode, torch.no_grad(), sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+    with mode, torch.no_grad(), sdpa_kernel([SDPBackend.FLASH_ATTENTION]), perturbed(net, perturbation):
         x, t, cond = net.dummy_inputs(batch)
         with counter:
             net(x, t, cond, gamma)
@@ -83,16 +87,19 @@ def _count_tokens(config, sparse_tokens: int) -> tuple[int, int]:
     return (sum(counts.values()) - attention) // batch, attention // batch
 
 
-def count_forward(config, gamma: float) -> tuple[float, float]:
-    """GMACs of one network forward for one image at token sparsity gamma: (fvcore convention, full)."""
+def count_forward(config, gamma: float, perturbation=None) -> tuple[float, float]:
+    """GMACs of one network forward for one image at token sparsity gamma, perturbed or not: (fvcore convention,
+    full)."""
     if gamma > 0 and config.sparsity == "none":
         raise ValueError(f"a model with sparsity 'none' cannot run at gamma {gamma:g}")
-    linear, attention = _count_tokens(config, num_sparse(config.num_tokens, gamma))
+    linear, attention = _count_tokens(config, num_sparse(config.num_tokens, gamma), perturbation)
     return linear / 2e9, (linear + attention) / 2e9
 
 
-def run_cost(models: Mapping[str, ModelSpec], guidance: GuidanceSpec, sampler: SamplerSpec) -> dict[str, float | int]:
-    """FLOPs of one run: per image per sampling step (`gflops`, `gflops_full`), per image (`tflops_image`), NFE.
+def run_cost(models: Mapping[str, ModelSpec], guidance: GuidanceSpec, sampler: SamplerSpec) -> dict[str, Any]:
+    """FLOPs of one run: per image per sampling step (`gflops`, `gflops_full`), per image (`tflops_image`), NFE
+    (network forwards per image, every branch counted), `forwards` per step (nfe / steps) and `gflops_branches`
+    (branch label -> GFLOPs per image per step; the strong branch is "cond").
 
     `models` maps the roles GuidedDenoiser uses ("main", and "weak" for ag / ag+sg) to their specs. Every denoiser
     call of the sampler (SamplerSpec.evaluations) is charged the branches GuidanceSpec.branches_at says it computes,
@@ -102,20 +109,27 @@ def run_cost(models: Mapping[str, ModelSpec], guidance: GuidanceSpec, sampler: S
     configs = {role: spec.config()[0] for role, spec in models.items()}
     total = total_full = 0.0
     nfe = 0
+    branches: dict[str, float] = {}
+    depth = getattr(configs.get("main"), "depth", None)
     for t, progress in sampler.evaluations():
-        for branch, gamma in guidance.branches_at(t, progress):
+        step = step_index(progress, sampler.steps)
+        for branch, gamma in guidance.branches_at(t, progress, step, sampler.steps, depth):
             if branch.model not in configs:
                 raise HarnessError(f"method {guidance.method!r} needs a {branch.model!r} model; got {sorted(models)}")
             config = configs[branch.model]
             if gamma > 0 and config.sparsity == "none":
                 raise HarnessError(f"the {branch.model!r} model ({models[branch.model].arch}) has sparsity 'none' "
                                    f"but method {guidance.method!r} runs it at gamma {gamma:g}")
-            gmacs, gmacs_full = count_forward(config, gamma)
+            try:
+                gmacs, gmacs_full = count_forward(config, gamma, branch.perturb)
+            except ValueError as err:  # a perturbation the network cannot run
+                raise HarnessError(f"method {guidance.method!r}: {err}") from None
             total += gmacs
             total_full += gmacs_full
+            branches[branch.label] = branches.get(branch.label, 0.0) + gmacs / sampler.steps
             nfe += 1
     return {"gflops": total / sampler.steps, "gflops_full": total_full / sampler.steps, "tflops_image": total / 1e3,
-            "nfe": nfe, "steps": sampler.steps}
+            "nfe": nfe, "steps": sampler.steps, "forwards": nfe / sampler.steps, "gflops_branches": branches}
 
 
 __all__ = ["ATTENTION_OPS", "count_forward", "run_cost"]

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.models.family import Family, FamilyConfig
+from harness.models.perturb import SkippedBlock, blur_token_grid
 from harness.models.tokens import gather_tokens, num_sparse, select_tokens, unpatchify
 
 #################################################################################
@@ -92,18 +93,29 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection (timm's Attention, qkv_bias=True)."""
+    """Multi-head self-attention with a fused qkv projection (timm's Attention, qkv_bias=True).
+
+    `perturbation` (set by SparseDiT while a guidance branch perturbs this block; harness.models.perturb): identity
+    attention returns V (PAG), blurred queries (SEG) blur Q over the token grid before the attention."""
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
+        self.perturbation = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, heads, N, C/heads)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        kind = None if self.perturbation is None else self.perturbation.kind
+        if kind == "identity_attention":
+            x = v  # softmax(QK^T / sqrt(d)) := I
+        else:
+            if kind == "blur_queries":
+                q = blur_token_grid(q, self.perturbation.blur_sigma)
+            x = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, C/heads)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
 
@@ -181,10 +193,17 @@ class DiTConfig(FamilyConfig):
 
 
 class SparseDiT(nn.Module):
-    """DiT/SiT with optional TREAD routing or MaskDiT masking at any rate gamma, in training and eval mode."""
+    """DiT/SiT with optional TREAD routing or MaskDiT masking at any rate gamma, in training and eval mode.
+
+    While `perturbation` is set (harness.models.perturb.perturbed) the forward is a guidance method's perturbed
+    branch: identity attention or blurred queries in the chosen blocks, chosen blocks skipped, or the route dropped.
+    """
+
+    PERTURBATIONS = frozenset({"identity_attention", "blur_queries", "skip_blocks", "drop_route"})
 
     def __init__(self, config: DiTConfig):
         super().__init__()
+        self.perturbation = None
         self.config = cfg = config
         grid = cfg.input_size // cfg.patch_size
         self.x_embedder = PatchEmbed(cfg.patch_size, cfg.in_channels, cfg.hidden_size)
@@ -259,6 +278,31 @@ class SparseDiT(nn.Module):
         cfg = self.config
         if gamma > 0 and cfg.sparsity == "none":
             raise ValueError("this model was built without token sparsity; gamma must be 0")
+        p = self.perturbation
+        if p is not None and p.kind in ("identity_attention", "blur_queries"):
+            for i in p.layers:
+                self.blocks[i].attn.perturbation = p
+            try:
+                return self._forward(x, t, y, gamma, generators, ids, self.blocks)
+            finally:
+                for i in p.layers:
+                    self.blocks[i].attn.perturbation = None
+        blocks = self.blocks
+        if p is not None and p.kind in ("skip_blocks", "drop_route"):
+            if p.kind == "drop_route" and cfg.sparsity == "none":
+                raise ValueError("drop_route needs a routing or masking model; this one has sparsity 'none'")
+            skipped = set(p.layers) if p.kind == "skip_blocks" else \
+                set(range(cfg.route[0], cfg.route[1] + 1)) if cfg.sparsity == "routing" else set()
+            blocks = [SkippedBlock() if i in skipped else b for i, b in enumerate(self.blocks)]
+            if p.kind == "drop_route":
+                gamma, ids = 0.0, None  # nothing is routed: the route is not run at all
+        return self._forward(x, t, y, gamma, generators, ids, blocks)
+
+    def _forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, gamma: float,
+                 generators: Sequence[torch.Generator] | None, ids: torch.Tensor | None,
+                 blocks: Sequence[nn.Module]) -> torch.Tensor:
+        """The forward over `blocks` (self.blocks, or with some replaced by SkippedBlock)."""
+        cfg = self.config
         x = self.x_embedder(x) + self.pos_embed  # (B, N, D)
         y_emb = self.y_embedder(y)
         c = self.t_embedder(t) + y_emb  # (B, D)
@@ -269,10 +313,15 @@ class SparseDiT(nn.Module):
         if sparse and ids is None:
             ids = select_tokens(B, N, gamma, generators, x.device)
 
-        if cfg.sparsity == "masking":
+        drop_all = self.perturbation is not None and self.perturbation.kind == "drop_route"
+        if cfg.sparsity == "masking" and drop_all:  # every token masked: the decoder sees only mask tokens
+            x = self.mask_token.to(x.dtype).expand(B, N, self.mask_token.shape[-1]) + self.decoder_pos_embed
+            for block in self.decoder_blocks:
+                x = block(x, c)
+        elif cfg.sparsity == "masking":
             if sparse:
                 x = gather_tokens(x, ids)  # (B, N_keep, D): the encoder sees only kept tokens
-            for block in self.blocks:
+            for block in blocks:
                 x = block(x, c)
             x = self.decoder_embed(x)
             if sparse:  # mask tokens fill the dropped positions, then the sequence is put back in order
@@ -284,7 +333,7 @@ class SparseDiT(nn.Module):
         else:
             first, last = cfg.route if cfg.route is not None else (-1, -1)
             saved = None
-            for i, block in enumerate(self.blocks):
+            for i, block in enumerate(blocks):
                 if sparse and i == first:
                     saved, x = x, gather_tokens(x, ids)  # (B, N_keep, D) inside the route
                 x = block(x, c)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from harness.errors import HarnessError
-from harness.guidance import METHODS, SPARSE_METHODS, GuidanceSpec, Schedule
-from harness.models import ConfigError, ModelSpec
+from harness.guidance import METHODS, GuidanceSpec, Method, Schedule
+from harness.models import FAMILIES, ConfigError, ModelSpec, family_of
 from harness.models.adapters import DEFAULT_DROPPED
 from harness.sampling import SamplerSpec
 from harness.suite.runs import Run, Suite, config_hash
@@ -28,7 +29,7 @@ from harness.suite.schema import GammaTable, ModelTable, RunTable, SuiteFile
 GRID_AXES = {"gamma_strong": "gs", "gamma_weak": "gw", "omega": "omega", "interval": "int", "cfg_channels": "ch",
              "weak_model": "weak", "seed": "seed"}
 # Methods whose weak branch runs on the weak model.
-_AG_METHODS = tuple(m for m, weak in METHODS.items() if weak is not None and weak[0] == "weak")
+_AG_METHODS = tuple(m for m, entry in METHODS.items() if entry.uses_weak_model)
 _SAME_SPACE = ("input_size", "in_channels", "num_classes", "patch_size")  # AG's two models must agree on these
 _EDM_SAMPLER_FIELDS = ("sigma_min", "sigma_max", "rho")
 
@@ -307,7 +308,7 @@ def _expand(index: int, table: RunTable, doc: SuiteFile, models: dict[str, Model
     raw = where.data["runs"][index]
     name = where.run(index)
     method = table.method
-    weak_role = METHODS[method]
+    entry = METHODS[method]
     if table.model not in models:
         raise where.error(name, "model", f"no [models.{table.model}] in the suite (defined: {', '.join(models)})")
     if method in _AG_METHODS and table.weak_model is None:
@@ -317,14 +318,19 @@ def _expand(index: int, table: RunTable, doc: SuiteFile, models: dict[str, Model
     for key in table.weak_model or []:
         if key not in models:
             raise where.error(name, "weak_model", f"no [models.{key}] in the suite (defined: {', '.join(models)})")
-    if weak_role is None:
-        for fld in ("omega", "gamma_weak", "interval", "cfg_channels"):
+    if not entry.branches:
+        for fld in ("omega", "gamma_weak", "interval", "cfg_channels", "params"):
             if getattr(table, fld) is not None:
                 raise where.error(name, fld, "method 'none' has no weak branch; remove this field")
     elif table.omega is None:
         raise where.error(name, "omega", f"method {method!r} needs a guidance weight omega (1 = no guidance)")
-    if method in SPARSE_METHODS and table.gamma_weak is None:
+    if entry.sparse and table.gamma_weak is None:
         raise where.error(name, "gamma_weak", f"method {method!r} needs gamma_weak (the weak branch's sparsity)")
+    if entry.branches and all(r.dense for r in entry.branches) and table.gamma_weak is not None:
+        raise where.error(name, "gamma_weak", f"the guidance branch of method {method!r} drops the route and "
+                                              "routes nothing; remove this field")
+    if table.params is not None and not entry.params:
+        raise where.error(name, "params", f"method {method!r} has no parameters; remove this field")
 
     axes = {a: getattr(table, a) for a in GRID_AXES if getattr(table, a) is not None}
     grid = [a for a in GRID_AXES if a in axes and isinstance(raw.get(a), list)
@@ -344,21 +350,22 @@ def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any]
     name = where.run(index, run_id)
     method = table.method
     keys = {"main": table.model}
-    if METHODS[method] is not None and METHODS[method][0] == "weak":
+    entry = METHODS[method]
+    if entry.uses_weak_model:
         keys["weak"] = point["weak_model"]
     gamma_strong = point["gamma_strong"].to_schedule() if "gamma_strong" in point else Schedule.constant(0.0)
     gamma_weak = point["gamma_weak"].to_schedule() if "gamma_weak" in point else None
-    if METHODS[method] is not None and gamma_weak is None:
+    if entry.branches and gamma_weak is None:
         gamma_weak = gamma_strong  # cfg / ag / icg: the weak branch runs at the strong branch's sparsity
     # ag+sg may run its weak model at a lower gamma: the early checkpoint makes it weak (SG paper, Fig. 6)
-    if method in SPARSE_METHODS and METHODS[method][0] == "main" \
+    if entry.sparse and not entry.uses_weak_model \
             and gamma_strong.kind == gamma_weak.kind == "constant" and gamma_strong.start >= gamma_weak.start:
         raise where.error(name, "gamma_strong", f"method {method!r} needs gamma_strong < gamma_weak (the weak "
                                                 f"branch is the sparser one), got {gamma_strong.start:g} >= "
                                                 f"{gamma_weak.start:g}")
     branch_models = {"gamma_strong": "main"}
-    if METHODS[method] is not None:
-        branch_models["gamma_weak"] = METHODS[method][0]
+    if entry.branches and not all(r.dense for r in entry.branches):
+        branch_models["gamma_weak"] = entry.branches[0].model
     for fld, role in branch_models.items():
         schedule = gamma_strong if fld == "gamma_strong" else gamma_weak
         spec = models[keys[role]]
@@ -376,10 +383,11 @@ def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any]
     model_tables = {k: doc.models[k] for k in dict.fromkeys(keys.values())}
     channels = point.get("cfg_channels", doc.models[table.model].cfg_channels or "all")
     interval = tuple(point["interval"]) if "interval" in point else None
+    params = _method_params(entry, table, keys, models, gamma_weak, name, where)
     guidance = GuidanceSpec(method=method, omega=point.get("omega", 1.0), gamma_strong=gamma_strong,
-                            gamma_weak=gamma_weak if METHODS[method] is not None else None, interval=interval,
+                            gamma_weak=gamma_weak if entry.branches else None, interval=interval,
                             cfg_channels=None if channels == "all" else int(channels),
-                            omega_power=table.omega_power_cosine)
+                            omega_power=table.omega_power_cosine, params=tuple(sorted(params.items())))
     samples = samples_override or table.samples or prompts.samples
     sampler = {**doc.sampler.model_dump(), **(table.sampler.model_dump(exclude_none=True) if table.sampler else {})}
     if sampler["kind"] != "edm_heun":  # its schedule does not apply: leave it out of the config (and its hash)
@@ -404,9 +412,11 @@ def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any]
         "run": {"id": run_id, "name": table.name, "method": method, "model": keys["main"],
                 "weak_model": keys.get("weak"), "omega": guidance.omega, "gamma_strong": _gamma_json(gamma_strong),
                 "gamma_weak": _gamma_json(guidance.gamma_weak), "interval": list(interval) if interval else None,
-                "cfg_channels": channels if METHODS[method] is not None else None, "samples": samples,
+                "cfg_channels": channels if entry.branches else None, "samples": samples,
                 "paper": list(table.paper or []), "precision": precision, "compile": compiled},
     }
+    if params:  # methods with parameters only, so earlier runs keep their config hashes
+        config["run"]["params"] = {k: _param_json(v) for k, v in params.items()}
     if table.omega_power_cosine is not None:  # set only, so earlier runs keep their config hashes
         config["run"]["omega_power_cosine"] = table.omega_power_cosine
     if prompts.spec is not None:  # only text suites carry these, so class suites keep their config hashes
@@ -421,3 +431,53 @@ def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any]
                seed=seed, labels=s.labels, metrics=tuple(s.metrics), reference=_resolve_reference(s.reference, root),
                paper=tuple(table.paper or []), config=config, config_hash=config_hash(config),
                prompts=prompts.spec, images_per_prompt=prompts.per_prompt, precision=precision, compile=compiled)
+
+
+def _param_json(value: Any) -> Any:
+    """A method parameter as the config stores it: block lists as lists, SEG's infinite sigma as "inf" (strict JSON
+    has no infinity)."""
+    if isinstance(value, tuple):
+        return list(value)
+    return "inf" if isinstance(value, float) and math.isinf(value) else value
+
+
+def _method_params(entry: Method, table: RunTable, keys: dict[str, str], models: dict[str, ModelSpec],
+                   gamma_weak: Schedule | None, name: str, where: _Where) -> dict[str, Any]:
+    """The run's method parameters, checked and with defaults filled in, after checking that each perturbed branch's
+    model implements its perturbation (the `method` field) and that its blocks exist (`params.layers`)."""
+    config = models[keys["main"]].config()[0]
+    depth = getattr(config, "depth", None)
+    for role in entry.branches:
+        if role.perturb is None:
+            continue
+        spec = models[keys[role.model]]
+        network = family_of(spec.config()[0]).network
+        if role.perturb not in getattr(network, "PERTURBATIONS", ()):
+            able = [f for f, fam in FAMILIES.items() if role.perturb in getattr(fam.network, "PERTURBATIONS", ())]
+            raise where.error(name, "method", f"method {table.method!r} needs the {role.perturb!r} perturbation, "
+                                              f"which model {keys[role.model]!r} ({spec.arch}, family "
+                                              f"{network.__name__}) does not implement; families that do: "
+                                              f"{', '.join(able)}")
+        if role.perturb == "drop_route" and spec.sparsity == "none":
+            raise where.error(name, "method", f"method {table.method!r} drops the route, and model "
+                                              f"{keys[role.model]!r} has sparsity 'none' (no route to drop)")
+    try:
+        params = entry.resolve(dict(table.params or {}), depth)
+    except KeyError as err:
+        raise where.error(name, "params", err.args[0]) from None
+    except ValueError as err:
+        fld, _, message = str(err).partition(": ")
+        raise where.error(name, f"params.{fld}", message) from None
+    layers = params.get("layers")
+    if layers is not None and depth is not None:
+        if max(layers) >= depth:
+            raise where.error(name, "params.layers", f"block {max(layers)} lies outside blocks 0..{depth - 1} of "
+                                                     f"model {keys['main']!r}")
+        sparse_weak = gamma_weak is not None and max(gamma_weak.start, gamma_weak.end) > 0
+        if "blur_queries" in entry.perturbations and sparse_weak and (
+                config.sparsity == "masking" or (config.route and any(config.route[0] <= i <= config.route[1]
+                                                                      for i in layers))):
+            raise where.error(name, "params.layers", "SEG blurs queries over the full token grid, but at gamma_weak "
+                                                     f"{gamma_weak.label()} blocks {list(layers)} see only the kept "
+                                                     "tokens; use gamma_weak 0 or blocks outside the route")
+    return params

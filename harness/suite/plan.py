@@ -1,5 +1,8 @@
 """`harness plan SUITE`: every run's method, gammas, NFE and FLOPs, and the suite's total, before anything runs.
 
+`forwards` is network forwards per sampling step (2 for CFG, 3 for cfg+pag inside its window, fewer with a guidance
+interval); `gflops_branches` splits `gflops` over the branches (`cond 0.5 + pag 0.49`: the strong branch is cond).
+
 Needs no weights and no GPU: the FLOPs are counted on fake tensors (harness.cost.flops.run_cost).
 """
 
@@ -15,8 +18,8 @@ from harness.cost.flops import run_cost
 from harness.guidance import Schedule
 from harness.suite import Suite, load_suite
 
-PLAN_COLUMNS = ["run", "model", "method", "gamma_strong", "gamma_weak", "omega", "steps", "nfe", "gflops",
-                "gflops_full", "tflops_image", "samples", "tflops_total"]
+PLAN_COLUMNS = ["run", "model", "method", "gamma_strong", "gamma_weak", "omega", "steps", "nfe", "forwards", "gflops",
+                "gflops_full", "tflops_image", "samples", "tflops_total", "gflops_branches"]
 TOTAL_ROW = "(total)"  # cannot clash with a run id: run names start with a letter or digit
 
 
@@ -25,6 +28,11 @@ def _gamma(schedule: Schedule | None) -> float | str:
     if schedule is None:
         return math.nan
     return schedule.start if schedule.kind == "constant" else schedule.label()
+
+
+def _branches(gflops: dict[str, float]) -> str:
+    """GFLOPs per step of each branch as `cond 114.4 + uncond 114.4`."""
+    return " + ".join(f"{label} {value:.5g}" for label, value in gflops.items())
 
 
 def plan_table(suite: Suite) -> pd.DataFrame:
@@ -36,7 +44,8 @@ def plan_table(suite: Suite) -> pd.DataFrame:
         rows.append({
             "run": run.run_id, "model": run.models["main"].arch, "method": run.method,
             "gamma_strong": _gamma(run.guidance.gamma_strong), "gamma_weak": _gamma(weak.gamma if weak else None),
-            "omega": run.guidance.omega, "steps": cost["steps"], "nfe": cost["nfe"], "gflops": cost["gflops"],
+            "omega": run.guidance.omega, "steps": cost["steps"], "nfe": cost["nfe"], "forwards": cost["forwards"],
+            "gflops": cost["gflops"], "gflops_branches": _branches(cost["gflops_branches"]),
             "gflops_full": cost["gflops_full"], "tflops_image": cost["tflops_image"], "samples": run.samples,
             "tflops_total": cost["tflops_image"] * run.samples,
         })
@@ -55,7 +64,7 @@ def format_plan(table: pd.DataFrame, fmt: str) -> str:
         return table.to_json(orient="records", indent=2)
     if fmt != "table":
         raise ValueError(f"unknown plan format {fmt!r}; known: table, csv, json")
-    decimals = {"omega": "{:g}", "gflops": "{:.5g}", "gflops_full": "{:.5g}", "tflops_image": "{:.4g}",
+    decimals = {"omega": "{:g}", "forwards": "{:.3g}", "gflops": "{:.5g}", "gflops_full": "{:.5g}", "tflops_image": "{:.4g}",
                 "tflops_total": "{:,.6g}"}
     shown = table.astype(object).where(table.notna(), "")
     for column, spec in decimals.items():

@@ -162,6 +162,9 @@ class RunTable(_Table):
     # k/1000)^power)) / 2 over the DDPM step k with t's SNR (sail-sg/MDT image_sample.py: omega 3.8, power 4)
     omega_power_cosine: float | None = Field(None, gt=0)
     seed: list[Annotated[int, Field(ge=0)]] | None = _grid_field()  # overrides [suite] seed; a list measures spread
+    # The method's own parameters (harness.guidance.METHODS[method].params: APG's eta / norm_threshold / momentum,
+    # PAG's layers, ...); every one has a published default, checked by the loader against the model
+    params: dict[str, Any] | None = None
     paper: list[Annotated[str, Field(pattern=r"^[^:]+:[^:]+$")]] | None = None
     samples: int | None = Field(None, ge=1)
     sampler: RunSamplerTable | None = None
