@@ -66,20 +66,24 @@ def _read(path: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this host runs (a zombie, finished but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (macOS): kill(0) said it exists
+        return True
 
 
 def stale_reason(record: dict[str, Any], age: float, timeout: float, me: dict[str, Any] | None = None) -> str | None:
     """Why a claim's owner is gone (None while it holds): process gone, earlier run of this job, silent heartbeat."""
     if record.get("host") == socket.gethostname() and isinstance(record.get("pid"), int) \
-            and record["pid"] != os.getpid() and not _pid_alive(record["pid"]):
+            and record["pid"] != os.getpid() and not pid_alive(record["pid"]):
         return f"process {record['pid']} on {record['host']} is gone"
     if me is not None and record.get("job") and record.get("job") == me.get("job") \
             and record.get("rank") == me.get("rank") and record.get("token") != me.get("token"):

@@ -107,7 +107,7 @@ class RunResult:
     claim_seconds: float = 0.0  # time spent on claim files (harness.generate.claims)
 
 
-def _preflight(runs: Sequence[Run], runs_root: Path, fresh: bool, root: Path | None = None,
+def preflight_runs(runs: Sequence[Run], runs_root: Path, fresh: bool, root: Path | None = None,
                dry_run: bool = False) -> dict[str, str]:
     """Check every selected run before any work: checkpoints and VAEs present (harness.preflight; a dry run needs only
     diffusers for its random VAE), configs unchanged."""
@@ -310,7 +310,7 @@ def generate_suite(suite: Suite, runs: Sequence[Run] | None = None, runs_root: s
     root_dir = Path(runs_root) if runs_root is not None else suite.root / "runs"
     dev = distributed.resolve_device(device)
     distributed.init(dev)
-    states = _preflight(runs, root_dir, fresh, suite.root, dry_run)
+    states = preflight_runs(runs, root_dir, fresh, suite.root, dry_run)
     distributed.barrier()  # every rank has read the old manifests before rank 0 rewrites them
     cache = cache or ModelCache(dev, dry_run, dry_vae_config, suite.root)
     env = environment(dev) if distributed.is_main() else {}
