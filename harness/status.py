@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.generate.claims import CLAIMS_DIR, TIMEOUT_S, stale_reason
+from harness.generate.claims import CLAIMS_DIR, TIMEOUT_S, pid_alive, stale_reason
 from harness.generate.runner import plan_shards
 from harness.rundir import run_dir_of, shard_path
 
@@ -85,10 +85,13 @@ def read_launch(runs_root: Path, suite_name: str) -> dict[str, Any] | None:
         return None
 
 
-def job_outcome(job: dict[str, Any]) -> tuple[str, str]:
+def job_outcome(job: dict[str, Any], executor: str | None = None) -> tuple[str, str]:
     """("running" | "done" | "failed", detail) of a launch job: submitit writes a result file when a job ends, and
-    its log says whether the job raised (the last line of the traceback is the detail)."""
+    its log says whether the job raised (the last line of the traceback is the detail). A local job whose process
+    is gone without a result was killed; a SLURM job's state needs the scheduler (squeue, sacct)."""
     if not Path(job["result"]).is_file():
+        if executor == "local" and not pid_alive(int(job["job_id"])):
+            return "failed", "its process ended without a result (killed)"
         return "running", "no result yet (queued, running, or killed without one)"
     try:
         log = Path(job["stderr"]).read_text(errors="replace")
@@ -134,7 +137,7 @@ def format_status(statuses: Sequence[RunStatus], launch: dict[str, Any] | None) 
                 lines.append(f"stale claim: {s.run_id} unit {c.unit:06d} held by {_holder(c)}: {c.stale} (the next "
                              f"worker takes it over){log}")
     for job in (launch or {}).get("jobs", []):
-        outcome, detail = job_outcome(job)
+        outcome, detail = job_outcome(job, launch.get("executor"))
         if outcome == "failed":
             lines.append(f"failed {job['kind']}: job {job['job_id']}: {detail}; log {job['stderr']}")
     done, total = sum(s.done for s in statuses), sum(s.total for s in statuses)

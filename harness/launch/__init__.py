@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.launch.settings import EXECUTORS, LaunchSettings, make_executor, require_submitit, resolve_settings
+from harness.launch.settings import (EXECUTORS, LaunchSettings, make_executor, require_slurm, require_submitit,
+                                     resolve_settings)
 
 POLL_S = 5.0  # seconds between progress lines while launch waits
 LOG_DIR = "launch-logs"  # runs/<suite>/launch-logs/: submitit's scripts, pickles and logs
@@ -115,6 +116,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     require_submitit()
     suite, runs, dry = load_selected(args)
     settings = resolve_settings(args, suite.launch, suite.path)
+    if settings.executor == "slurm":
+        require_slurm()
     runs_root = runs_root_of(args, suite).resolve()
     prepare(suite, runs, runs_root, args.fresh, dry)
     argv = worker_argv(args, runs_root)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,14 @@ def require_submitit() -> None:
                            "pip install 'guidance-harness[cluster]' (or pip install submitit)")
 
 
+def require_slurm() -> None:
+    """Stop with a HarnessError when SLURM's commands are not on PATH (not a login node of a SLURM cluster)."""
+    missing = [cmd for cmd in ("sbatch", "srun") if shutil.which(cmd) is None]
+    if missing:
+        raise HarnessError(f"--executor slurm: {' and '.join(missing)} not found on PATH; run harness launch on a "
+                           f"login node of the SLURM cluster (or use --executor local)")
+
+
 def resolve_settings(args: argparse.Namespace, table: dict[str, Any], suite_path: Path) -> LaunchSettings:
     """Flags over the suite's [launch] table; SLURM settings given as flags need --executor slurm."""
     executor = args.executor or table.get("executor")
@@ -60,8 +69,8 @@ def resolve_settings(args: argparse.Namespace, table: dict[str, Any], suite_path
         time_minutes(slurm["time"])
     if "setup" in slurm:
         slurm["setup"] = tuple(slurm["setup"])
-    workers = args.workers or table.get("workers") or 1
-    gpus = args.gpus_per_worker or table.get("gpus_per_worker") or 1
+    workers = args.workers if args.workers is not None else table.get("workers", 1)
+    gpus = args.gpus_per_worker if args.gpus_per_worker is not None else table.get("gpus_per_worker", 1)
     if workers < 1 or gpus < 1:
         raise HarnessError(f"--workers {workers}, --gpus-per-worker {gpus}: both must be >= 1")
     return LaunchSettings(executor=executor, workers=workers, gpus_per_worker=gpus, **slurm)
