@@ -92,10 +92,8 @@ def test_a_preempted_worker_requeues_and_resumes(setup, tmp_path):
     its claims, submitit requeues it under the same job id, and the requeued worker finishes the run."""
     suite, ref = setup
     out = tmp_path / "runs"
-    code = subprocess.run([sys.executable, "-m", "harness", "launch", str(suite), "--executor", "local",
-                           "--workers", "1", "--out", str(out), "--device", "cpu", "--root", str(suite.parent),
-                           "--detach"], env=env(), capture_output=True, text=True, timeout=120)
-    assert code.returncode == 0, code.stderr
+    assert main(["launch", str(suite), "--executor", "local", "--workers", "1", "--out", str(out), "--device", "cpu",
+                 "--root", str(suite.parent), "--detach"]) == 0
     record = json.loads((out / "rt" / LAUNCH_RECORD).read_text())
     worker, finisher = record["jobs"]
     claims_dir = run_dir(out) / claims_mod.CLAIMS_DIR
@@ -104,8 +102,9 @@ def test_a_preempted_worker_requeues_and_resumes(setup, tmp_path):
     assert holder["job"] == worker["job_id"]
     os.kill(holder["pid"], signal.SIGUSR2)
     wait_for(lambda: Path(finisher["result"]).is_file(), "the launch did not finish", timeout=300)
-    log = Path(worker["stderr"]).read_text()
-    assert "preempted" in log and "Requeued" in log
+    log = Path(worker["stdout"]).read_text()  # submitit logs to stdout
+    assert "this job is preempted" in log and "Requeued job" in log
+    assert log.count("Starting with JobEnvironment") == 2  # the same job ran again
     assert shard_count(out) == SAMPLES // BATCH and (images_by_index(out)[1] == images_by_index(ref)[1]).all()
     timing = json.loads((run_dir(out) / TIMING_FILE).read_text())
     assert sum(b["warmup"] for b in timing["batches"]) == 2  # two attempts of the one worker, each timed apart

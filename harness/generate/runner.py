@@ -241,13 +241,13 @@ def run_batches(run: Run, run_dir: Path, cache: ModelCache, env: dict[str, Any],
                 progressed = True
             if pending and not progressed:
                 yield False
-    finally:
+    finally:  # also when stopped (preemption, an error): the batches made were made, and timed
         claims.close()
+        if batches:
+            with locked(run_dir / TIMING_LOCK):
+                record_timing(run, run_dir, batches, device_name(device), peak_mb)
     distributed.barrier()
 
-    if batches:
-        with locked(run_dir / TIMING_LOCK):
-            record_timing(run, run_dir, batches, device_name(device), peak_mb)
     generated = sum(b["images"] for b in batches)
     if distributed.is_main():
         _finish(run, run_dir, planned)
