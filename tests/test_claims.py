@@ -78,10 +78,12 @@ def test_takeover_when_the_heartbeat_is_stale(tmp_path):
 def test_a_requeued_job_takes_its_own_claims_back(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     monkeypatch.setenv("RANK", "1")
-    foreign_claim(tmp_path, 0, job="4242", rank=1)  # the earlier run of this job, on another node
-    foreign_claim(tmp_path, 4, job="4242", rank=0)  # another rank of the same job
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    foreign_claim(tmp_path, 0, job="4242", rank=1, restart=0)  # the earlier run of this job, on another node
+    foreign_claim(tmp_path, 4, job="4242", rank=0, restart=0)  # another rank of the same job
+    foreign_claim(tmp_path, 8, job="4242", rank=1, restart=1)  # another process of this very run of the job
     claims = Claims(tmp_path)
-    assert claims.acquire(0) and not claims.acquire(4)
+    assert claims.acquire(0) and not claims.acquire(4) and not claims.acquire(8)
     claims.close()
 
 

@@ -6,8 +6,8 @@ runs/<suite>/<run>/claims/<first index>.claim exclusively: the record (host, pid
 written to a private file that is then hard-linked to the claim's name. link() fails when the name exists, atomically
 also on NFS (where O_EXCL once was not), so exactly one claimant wins. The holder's heartbeat is the file's mtime,
 touched by a thread every `timeout / 4` s. A claim is stale when its owner is gone: the same host and its pid no
-longer exists, the same job id and rank (a requeued job's earlier run), or a heartbeat older than `timeout` (any
-host). A stale claim is taken over by renaming it to a private name (one renamer wins) and checking that the moved
+longer exists, the same job id and rank with a lower SLURM restart count (a requeued job's earlier run), or a
+heartbeat older than `timeout` (any host). A stale claim is taken over by renaming it to a private name (one renamer wins) and checking that the moved
 file is the stale one read before; a live claim moved by mistake (it replaced the stale one in between) is linked
 back. The taker then competes for the name like any claimant. Finishing a unit writes claims/<first>.done (each
 shard's size, mtime and inode, so a later process trusts the shards without reading them while they are unchanged)
@@ -53,8 +53,10 @@ def job_id() -> str | None:
 
 def owner() -> dict[str, Any]:
     """This process's claim record: who holds it, and a token no other claim shares."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "job": job_id(), "rank": int(os.environ.get("RANK", 0)),
-            "token": uuid.uuid4().hex, "since": time.time()}
+    env = os.environ
+    return {"host": socket.gethostname(), "pid": os.getpid(), "job": job_id(),
+            "rank": int(env.get("RANK") or env.get("SLURM_PROCID") or 0),
+            "restart": int(env.get("SLURM_RESTART_COUNT") or 0), "token": uuid.uuid4().hex, "since": time.time()}
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -86,7 +88,7 @@ def stale_reason(record: dict[str, Any], age: float, timeout: float, me: dict[st
             and record["pid"] != os.getpid() and not pid_alive(record["pid"]):
         return f"process {record['pid']} on {record['host']} is gone"
     if me is not None and record.get("job") and record.get("job") == me.get("job") \
-            and record.get("rank") == me.get("rank") and record.get("token") != me.get("token"):
+            and record.get("rank") == me.get("rank") and record.get("restart", 0) < me.get("restart", 0):
         return f"job {record['job']} was requeued"
     if age > timeout:
         return f"heartbeat {age:.0f} s old (timeout {timeout:.0f} s)"
