@@ -9,7 +9,7 @@ equal to the single process's. Wall time includes each process's start (Python, 
 machine is a large part of a short run: read img/s beside the generation-only rate of the single process.
 Writes perf/results/launch_scaling-<date>.json with the machine and the date.
 
-    PYTHONPATH=. python perf/launch_scaling.py [--samples 160] [--suite suites/testbed.toml --only '^sg$']
+    PYTHONPATH=. python perf/launch_scaling.py [--samples 160] [--suite suites/testbed.toml --only "^sg-omega2$"]
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def generation_only(suite: Path, work: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--suite", default="suites/testbed.toml")
-    parser.add_argument("--only", default="^sg$")
+    parser.add_argument("--only", default="^sg-omega2$")
     parser.add_argument("--samples", type=int, default=160)
     parser.add_argument("--out", default=str(ROOT / "perf" / "results"))
     args = parser.parse_args()

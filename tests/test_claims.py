@@ -200,3 +200,28 @@ def test_two_generate_processes_split_a_run_and_make_no_image_twice(tmp_path):
     assert len(timing["batches"]) == samples // batch  # no batch twice
     assert sum(b["warmup"] for b in timing["batches"]) == 2  # one first batch per process
     assert not list(claims_dir.glob("*.claim"))
+
+
+def test_done_records_spare_rereading_until_a_shard_changes(tmp_path, monkeypatch):
+    """A finished unit's .done record lets a later process skip reading its shards; a changed shard is read again,
+    and a unit first made only in part (search's prefixes) is not taken as done."""
+    from harness.generate import generate_suite
+    from harness.generate import runner
+    from harness.suite import load_suite
+
+    monkeypatch.setattr(claims_mod, "MAX_UNITS", 1)  # one unit of two shards
+    suite = load_suite(write_suite(tmp_path, random_checkpoint(tmp_path / "w.safetensors"), samples=4,
+                                   batch_size=2), root=tmp_path)
+    out = tmp_path / "runs"
+    (partial,) = generate_suite(suite, runs_root=out, device="cpu", upto=2)
+    assert partial.generated == 2
+    (rest,) = generate_suite(suite, runs_root=out, device="cpu")
+    assert (rest.generated, rest.kept) == (2, 2)
+    reads = []
+    real = runner.shard_is_valid
+    monkeypatch.setattr(runner, "shard_is_valid", lambda *a: reads.append(a[0].name) or real(*a))
+    (again,) = generate_suite(suite, runs_root=out, device="cpu")
+    assert (again.generated, reads) == (0, [])
+    os.utime(run_dir(out) / "samples-000002.npz")
+    (touched,) = generate_suite(suite, runs_root=out, device="cpu")
+    assert touched.generated == 0 and sorted(reads) == ["samples-000000.npz", "samples-000002.npz"]

@@ -280,10 +280,11 @@ def check_folder(folder: Path) -> None:
 
 
 def unit_done(folder: Path, first: int, shard_files: Sequence[Path]) -> bool:
-    """Whether claims/<first>.done says the unit is finished and its shards are unchanged since (size, mtime,
+    """Whether claims/<first>.done says the unit is finished and all its shards exist unchanged since (size, mtime,
     inode): then they need not be read again."""
     record = _read(Path(folder) / f"{first:06d}.done")
-    return record is not None and record == shard_stats(shard_files)
+    stats = shard_stats(shard_files)
+    return record is not None and len(stats) == len(shard_files) and record == stats
 
 
 def shard_stats(shard_files: Sequence[Path]) -> dict[str, Any]:
