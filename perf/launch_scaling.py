@@ -9,7 +9,7 @@ equal to the single process's. Wall time includes each process's start (Python, 
 machine is a large part of a short run: read img/s beside the generation-only rate of the single process.
 Writes perf/results/launch_scaling-<date>.json with the machine and the date.
 
-    PYTHONPATH=. python perf/launch_scaling.py [--samples 160] [--suite suites/testbed.toml --only "^sg-omega2$"]
+    PYTHONPATH=. python perf/launch_scaling.py [--samples 80] [--steps 4] [--suite suites/testbed.toml --only "^sg-omega2$"]
 """
 
 from __future__ import annotations
@@ -75,14 +75,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--suite", default="suites/testbed.toml")
     parser.add_argument("--only", default="^sg-omega2$")
-    parser.add_argument("--samples", type=int, default=160)
+    parser.add_argument("--samples", type=int, default=80, help="images (the testbed's batch is 40: 2 shards)")
+    parser.add_argument("--steps", type=int, default=4, help="sampling steps (the suite's 16 take ~1 s per image "
+                                                             "on a busy 2-core CPU)")
     parser.add_argument("--out", default=str(ROOT / "perf" / "results"))
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="launch-scaling-"))
     suite_path = generation_only(ROOT / args.suite, work)
-    suite = load_suite(suite_path, root=ROOT, samples=args.samples)
+    suite = load_suite(suite_path, root=ROOT, samples=args.samples, steps=args.steps)
     (run,) = suite.select(args.only)
-    common = [str(suite_path), "--only", args.only, "--samples", str(args.samples), "--device", "cpu",
+    common = [str(suite_path), "--only", args.only, "--samples", str(args.samples), "--steps", str(args.steps),
+              "--device", "cpu",
               "--root", str(ROOT)]
     harness = [sys.executable, "-m", "harness"]
 
