@@ -214,3 +214,19 @@ def test_status_names_a_failed_worker_with_its_log(setup, tmp_path, capsys):
     report = capsys.readouterr().out
     assert f"{RUN}" in report and f"0/{SAMPLES} (0%)" in report
     assert f"failed worker: job 77: RuntimeError: harness generate exited with status 2; log {logs}" in report
+
+
+def test_a_worker_of_two_processes_is_one_torch_distributed_group(setup, tmp_path, monkeypatch):
+    """--gpus-per-worker 2 (here on CPUs, gloo): the worker's two tasks form one process group, both claim units,
+    and the images equal one process's."""
+    suite, ref = setup
+    out = tmp_path / "runs"
+    monkeypatch.setattr(harness.launch, "POLL_S", 0.2)
+    assert main(["launch", str(suite), "--executor", "local", "--workers", "1", "--gpus-per-worker", "2",
+                 "--out", str(out), "--device", "cpu", "--root", str(suite.parent)]) == 0
+    assert (images_by_index(out)[1] == images_by_index(ref)[1]).all()
+    manifest = json.loads((run_dir(out) / "manifest.json").read_text())
+    assert manifest["world_size"] == 2 and manifest["complete"] is True
+    record = json.loads((out / "rt" / LAUNCH_RECORD).read_text())
+    logs = "".join(Path(record["jobs"][0]["stdout"].replace("_0_log", f"_{t}_log")).read_text() for t in (0, 1))
+    assert "global_rank=1(2)" in logs  # submitit started the second task of the group
