@@ -146,15 +146,20 @@ def wait(jobs: Sequence[Any], finisher: Any, suite: Any, runs: Sequence[Any], ru
     from harness.status import run_status, suite_status
 
     last = None
-    while not finisher.done():
-        statuses = [run_status(run, runs_root) for run in runs]
-        done, total = sum(s.done for s in statuses), sum(s.total for s in statuses)
-        running = sum(not j.done() for j in jobs)
-        line = f"launch: {done}/{total} images, {running} of {len(jobs)} worker(s) running"
-        if line != last:
-            print(line, flush=True)
-            last = line
-        time.sleep(POLL_S if poll is None else poll)
+    try:
+        while not finisher.done():
+            statuses = [run_status(run, runs_root) for run in runs]
+            done, total = sum(s.done for s in statuses), sum(s.total for s in statuses)
+            running = sum(not j.done() for j in jobs)
+            line = f"launch: {done}/{total} images, {running} of {len(jobs)} worker(s) running"
+            if line != last:
+                print(line, flush=True)
+                last = line
+            time.sleep(POLL_S if poll is None else poll)
+    except KeyboardInterrupt:  # SLURM jobs run on; local ones got the same Ctrl-C (launch again to resume)
+        print(f"launch: stopped waiting; submitted SLURM jobs keep running (`{status_cmd}`), local workers stop "
+              f"with this terminal and resume when launched again", file=sys.stderr)
+        raise
     print(suite_status(suite, runs, runs_root))
     try:
         finisher.result()
