@@ -1,4 +1,5 @@
-"""`harness plan | generate | evaluate | report | bench | search | inspect | adm-eval | reference`: the command line.
+"""`harness plan | generate | evaluate | report | bench | launch | status | search | inspect | adm-eval | reference`:
+the command line.
 
 Stages import their modules only when they run, so `harness --help` and a suite error answer at once. A user
 error (HarnessError) prints its message on stderr and exits with status 2, without a traceback.
@@ -33,6 +34,10 @@ DELEGATED = {
                 "what a checkpoint holds (format, EMA, step, architecture) and a [models.x] table for a suite"),
     "search": ("harness.search", "add_search_parser",
                "adaptive search of a suite's grid for the quality-vs-cost front, with a fraction of its samples"),
+    "launch": ("harness.launch", "add_launch_parser",
+               "bench a suite with N workers sharing its runs folder: SLURM job array (submitit) or local processes"),
+    "status": ("harness.status", "add_status_parser",
+               "a suite's progress: images per run, claim holders, img/s, ETA, stale claims, failed workers"),
 }
 DRY_RUN_HELP = ("run on random weights (models and VAE from their configs, random Inception weights, a small "
                 "reference batch), a few samples and steps per run, into runs/<suite>-dryrun and "
@@ -46,7 +51,8 @@ DRY_RUN_HELP = ("run on random weights (models and VAE from their configs, rando
 #################################################################################
 
 
-def _suite_args(parser: argparse.ArgumentParser, *, samples: bool) -> None:
+def suite_args(parser: argparse.ArgumentParser, *, samples: bool) -> None:
+    """The arguments every suite command shares (generate, evaluate, bench, launch)."""
     parser.add_argument("suite", help="suite TOML file, e.g. suites/testbed.toml")
     parser.add_argument("--only", metavar="REGEX", help="only the runs whose id matches this regular expression")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu; cuda:LOCAL_RANK "
@@ -77,16 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                                  "diffusion transformers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     gen = sub.add_parser("generate", help="generate the samples of a suite's runs (resumable; torchrun-aware)")
-    _suite_args(gen, samples=True)
+    suite_args(gen, samples=True)
     ev = sub.add_parser("evaluate", help="compute the suite's metrics for each generated run (metrics.json); or "
                                          "score a folder in GenEval's or HPSv3's layout made by any generator")
-    _suite_args(ev, samples=False)
+    suite_args(ev, samples=False)
     ev.add_argument("--metrics", metavar="M[,M]", help="with a sample folder: geneval, hpsv3, clip_score (default: "
                                                        "geneval for GenEval's layout, hpsv3 for HPSv3's)")
     ev.add_argument("--strict", action="store_true", help="with a sample folder: stop (exit 2) when any prompt "
                                                           "folder is skipped or any image is odd, instead of warning")
     bench = sub.add_parser("bench", help="generate, measure cost, evaluate and report a suite")
-    _suite_args(bench, samples=True)
+    suite_args(bench, samples=True)
     bench.add_argument("--reports", metavar="DIR", help="reports folder (default: ROOT/reports)")
     for name, (_, _, text) in DELEGATED.items():
         sub.add_parser(name, help=text, add_help=False)
@@ -98,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 #################################################################################
 
 
-def _load(args: argparse.Namespace):
+def load_selected(args: argparse.Namespace):
     """(suite, selected runs, DrySuite or None): with --dry-run the suite prepared by harness.dryrun."""
     samples, steps = getattr(args, "samples", None), getattr(args, "steps", None)
     check_inputs(paths={"--root": args.root})
@@ -121,7 +127,8 @@ def _load(args: argparse.Namespace):
     return suite, suite.select(args.only), None
 
 
-def _runs_root(args: argparse.Namespace, suite) -> Path:
+def runs_root_of(args: argparse.Namespace, suite) -> Path:
+    """The runs folder of a command: --out, else <root>/runs."""
     return Path(args.out) if args.out else suite.root / "runs"
 
 
@@ -129,7 +136,7 @@ def _generate(args: argparse.Namespace, suite, runs, dry=None, cache=None) -> No
     from harness import distributed
     from harness.generate import generate_suite
 
-    results = generate_suite(suite, runs, _runs_root(args, suite), args.device, fresh=args.fresh,
+    results = generate_suite(suite, runs, runs_root_of(args, suite), args.device, fresh=args.fresh,
                              adm_npz=args.adm_npz, dry_run=dry is not None,
                              dry_vae_config=dry.vae_config if dry is not None else None, cache=cache)
     for r in results:
@@ -139,7 +146,7 @@ def _generate(args: argparse.Namespace, suite, runs, dry=None, cache=None) -> No
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """`harness generate SUITE`: samples of every selected run, resuming finished shards."""
-    suite, runs, dry = _load(args)
+    suite, runs, dry = load_selected(args)
     _generate(args, suite, runs, dry)
     return 0
 
@@ -161,8 +168,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                       args.strict, args.root)
     from harness.evaluate import evaluate_runs
 
-    suite, runs, dry = _load(args)
-    evaluate_runs(suite, runs, _runs_root(args, suite), args.device, dry)
+    suite, runs, dry = load_selected(args)
+    evaluate_runs(suite, runs, runs_root_of(args, suite), args.device, dry)
     return 0
 
 
@@ -174,7 +181,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """
     from harness import distributed
 
-    suite, runs, dry = _load(args)
+    suite, runs, dry = load_selected(args)
     reports = Path(args.reports) if args.reports else suite.root / "reports"
     if dry is None:
         from harness.preflight import require_assets
@@ -192,7 +199,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _generate(args, suite, runs, dry, cache)
     if not distributed.is_main():
         return 0
-    runs_root = _runs_root(args, suite)
+    runs_root = runs_root_of(args, suite)
     timing = {"warmup": 0, "repeats": 1} if dry is not None else {}
     measure_costs(runs, runs_root, cache, **timing)
     evaluate_runs(suite, runs, runs_root, args.device, dry)

@@ -21,7 +21,8 @@ from harness.cli import main
 from harness.errors import HarnessError
 from harness.models import ARCHS
 from harness.generate import generate_suite
-from harness.generate.runner import balanced_labels, plan_shards, rank_shards
+from harness.generate.claims import MAX_UNITS, plan_units
+from harness.generate.runner import balanced_labels, plan_shards
 from harness.rundir import ADM_NPZ, RUN_MANIFEST, read_samples, shard_is_valid, shard_path
 from harness.suite import load_suite
 
@@ -153,12 +154,13 @@ def test_reference_run_layout_and_manifest(reference):
     assert len({im.tobytes() for im in images}) == len(images)
 
 
-def test_shard_plan_is_independent_of_world_size():
+def test_shard_plan_and_claim_units():
     plan = plan_shards(10, 4)
     assert plan == [range(0, 4), range(4, 8), range(8, 10)]
-    for world in (1, 2, 3, 5):
-        split = [s for rank in range(world) for s in rank_shards(plan, rank, world)]
-        assert sorted(split, key=lambda s: s.start) == plan  # disjoint, complete, same files
+    assert plan_units(plan) == [[s] for s in plan]  # few shards: a unit each
+    big = plan_shards(50_000, 64)
+    units = plan_units(big)
+    assert len(units) <= MAX_UNITS and [s for u in units for s in u] == big  # disjoint, complete, in order
 
 
 def test_batch_size_4_vs_9_same_samples(reference, weights, tmp_path):

@@ -1,15 +1,18 @@
 """Sample generation for a suite's runs: per-image seeds, shards across processes, resume, manifests, progress.
 
 Image i of a run uses seed `suite.seed + i` for everything random, so a run's images do not depend on the batch
-size or the number of processes. A run's index range is cut into shards of `batch_size` images; shard k goes to
-rank k mod world_size and is written as runs/<suite>/<run-id>/samples-<first:06d>.npz (arr_0 uint8 NHWC, labels,
-indices) under a temporary name, then renamed. A rerun keeps every shard that loads with the right indices and
-regenerates the rest; a rerun whose config hash changed stops unless started --fresh.
+size or the number of processes. A run's index range is cut into shards of `batch_size` images, written as
+runs/<suite>/<run-id>/samples-<first:06d>.npz (arr_0 uint8 NHWC, labels, indices) under a temporary name, then
+renamed. Consecutive shards form units that processes claim (harness.generate.claims): any number of processes
+(torchrun ranks, several `harness generate`, `harness launch` workers) share a runs folder, each unit made once.
+A rerun keeps every shard that loads with the right indices and regenerates the rest; a rerun whose config hash
+changed stops unless started --fresh (which must not be given to a process that shares the folder with others).
 """
 
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,7 @@ from harness.cost.throughput import record_timing
 from harness.device import device_name, peak_memory_mb, reset_peak_memory
 from harness.errors import HarnessError
 from harness.files import write_json
+from harness.generate.claims import CLAIMS_DIR, Claims, locked, plan_units, shard_stats, unit_done
 from harness.generate.manifest import check_manifest, environment, make_manifest
 from harness.generate.model_cache import ModelCache
 from harness.numerics import precision_context
@@ -32,6 +36,9 @@ from harness.rundir import (ADM_NPZ, METRICS_FILE, RUN_MANIFEST, SHARD_GLOB, run
                             write_adm_npz, write_shard)
 from harness.sampling import generate
 from harness.suite import Run, Suite
+
+POLL_S = 0.5  # pause between looks at units other processes hold
+TIMING_LOCK = ".timing.lock"  # held while timing.json is read and rewritten (processes add their batches)
 
 
 #################################################################################
@@ -42,11 +49,6 @@ from harness.suite import Run, Suite
 def plan_shards(samples: int, batch_size: int) -> list[range]:
     """The image-index ranges of a run's shards: consecutive blocks of batch_size (the last may be shorter)."""
     return [range(first, min(first + batch_size, samples)) for first in range(0, samples, batch_size)]
-
-
-def rank_shards(shards: Sequence[range], rank: int, world_size: int) -> list[range]:
-    """The shards one rank generates: round-robin by shard number, so the files do not depend on world_size."""
-    return list(shards[rank::world_size])
 
 
 #################################################################################
@@ -100,11 +102,12 @@ class RunResult:
     run_id: str
     run_dir: Path
     generated: int  # images this process generated
-    kept: int  # images of this process's shards found valid and kept
-    seconds: float
+    kept: int  # images of the run already made (by earlier attempts or other processes)
+    seconds: float  # this process's generation time (its batches only)
+    claim_seconds: float = 0.0  # time spent on claim files (harness.generate.claims)
 
 
-def _preflight(runs: Sequence[Run], runs_root: Path, fresh: bool, root: Path | None = None,
+def preflight_runs(runs: Sequence[Run], runs_root: Path, fresh: bool, root: Path | None = None,
                dry_run: bool = False) -> dict[str, str]:
     """Check every selected run before any work: checkpoints and VAEs present (harness.preflight; a dry run needs only
     diffusers for its random VAE), configs unchanged."""
@@ -135,7 +138,7 @@ def prefix_shards(run: Run, upto: int | None = None) -> list[range]:
 def generate_run(run: Run, run_dir: Path, cache: ModelCache, env: dict[str, Any], state: str = "new",
                  fresh: bool = False, dry_run: bool = False, adm_npz: bool = False,
                  upto: int | None = None) -> RunResult:
-    """Generate this process's missing shards of one run; rank 0 writes the manifest and the ADM npz.
+    """Generate the shards of one run that this process claims; rank 0 writes the manifest and the ADM npz.
 
     `env` is environment()'s record for the manifest; `state` is what check_manifest said about the run folder.
     `upto` generates only the run's first images (whole shards; harness search): the run stays the same run,
@@ -148,31 +151,38 @@ def generate_run(run: Run, run_dir: Path, cache: ModelCache, env: dict[str, Any]
         return round_robin({run.run_id: batches})[run.run_id]
 
 
-def round_robin(active: dict[str, Iterator[None]]) -> dict[str, RunResult]:
-    """Drive run_batches generators one batch each in turn until all are done; their RunResults by run id."""
+def round_robin(active: dict[str, Iterator[bool]], poll: float = POLL_S) -> dict[str, RunResult]:
+    """Drive run_batches generators one step each in turn until all are done; their RunResults by run id. A round in
+    which every generator only waited (units held by other processes) is followed by a pause of `poll` s."""
     results: dict[str, RunResult] = {}
     while active:
+        progressed = False
         for run_id, batches in list(active.items()):
             try:
-                next(batches)
+                progressed |= next(batches)
             except StopIteration as stop:
                 results[run_id] = stop.value
                 del active[run_id]
+                progressed = True
+        if not progressed:
+            time.sleep(poll)
     return results
 
 
 def run_batches(run: Run, run_dir: Path, cache: ModelCache, env: dict[str, Any], state: str, fresh: bool,
-                dry_run: bool, adm_npz: bool, upto: int | None, bar: tqdm) -> Generator[None, None, RunResult]:
-    """generate_run's work as a generator that yields after every batch (so that generate_suite can interleave
-    runs) and returns the RunResult. `bar` counts the images; its total grows by this run's share."""
-    rank, world = distributed.get_rank(), distributed.get_world_size()
+                dry_run: bool, adm_npz: bool, upto: int | None, bar: tqdm) -> Generator[bool, None, RunResult]:
+    """generate_run's work as a generator that yields True after every batch and False when every unit left is
+    claimed by another process (so that generate_suite can interleave runs and wait), and returns the RunResult.
+
+    Each unit of shards (claims.plan_units) is claimed, its shards checked (those a .done record vouches for are
+    not read) and the invalid ones generated, then marked done and released. The generator returns once every unit
+    is done, by this process or others. `bar` counts the images; its total grows by this run's share.
+    """
     device = cache.device
     if distributed.is_main():
         if fresh and run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        for tmp in run_dir.glob(".samples-*.tmp"):  # left by a killed process
-            tmp.unlink(missing_ok=True)
         if state == "grown":  # metrics and cached features describe fewer images than the run now has
             distributed.print0(f"{run.run_id}: samples increased to {run.samples}; keeping the existing images")
             for stale in (run_dir / METRICS_FILE, run_dir / ADM_NPZ):
@@ -184,41 +194,84 @@ def run_batches(run: Run, run_dir: Path, cache: ModelCache, env: dict[str, Any],
     decode = cache.decoder(run.models["main"].vae)
     all_labels = prompt_labels(run) if run.prompts else run_labels(run, models["main"].num_classes)
     planned = prefix_shards(run, upto)
-    mine = rank_shards(planned, rank, world)
-    expected = {s.start: (all_labels[s.start:s.stop] if all_labels is not None else None) for s in mine}
-    todo = [s for s in mine if not shard_is_valid(shard_path(run_dir, s.start), s, expected[s.start])]
-    kept = sum(len(s) for s in mine) - sum(len(s) for s in todo)
-    bar.total = (bar.total or 0) + sum(len(s) for s in mine)
-    bar.update(kept)
+    expected = {s.start: (all_labels[s.start:s.stop] if all_labels is not None else None) for s in planned}
+    wanted = {s.start for s in planned}
+    units = [[s for s in unit if s.start in wanted] for unit in plan_units(plan_shards(run.samples, run.batch_size))]
+    pending = {unit[0].start: unit for unit in units if unit}
+    bar.total = (bar.total or 0) + sum(len(s) for s in planned)
+    claims = Claims(run_dir / CLAIMS_DIR)
     batches: list[dict[str, Any]] = []  # the timed batches cost.json's throughput comes from; the first warms up
     peak_mb = 0.0
-    for s in todo:
-        labels = torch.from_numpy(expected[s.start]) if all_labels is not None else None
-        timing: dict[str, Any] = {"images": len(s), "warmup": not batches}
-        reset_peak_memory(device)
-        with precision_context(run.precision, device):
-            images, used_labels = generate(models, run.guidance, run.sampler, [run.seed + i for i in s],
-                                           labels=labels, device=device,
-                                           decode=_finite_check(run.run_id, s, decode), timing=timing)
-        peak_mb = max(peak_mb, peak_memory_mb(device))
-        write_shard(shard_path(run_dir, s.start), images, used_labels, np.arange(s.start, s.stop))
-        if distributed.is_main() and not batches and not kept:  # the run's first shard: pin its checkpoints now
-            write_json(run_dir / RUN_MANIFEST, make_manifest(run, run_dir, env, dry_run, complete=False))
-        batches.append(timing)
-        bar.update(len(s))
-        yield
+    try:
+        while pending:
+            progressed = False
+            for first, unit in list(pending.items()):
+                files = [shard_path(run_dir, s.start) for s in unit]
+                if unit_done(claims.folder, first, files):
+                    bar.update(sum(len(s) for s in unit))
+                    del pending[first]
+                    continue
+                if not claims.acquire(first):
+                    continue
+                try:
+                    for s in unit:
+                        for tmp in run_dir.glob(f".{shard_path(run_dir, s.start).name}.*.tmp"):  # a dead writer's
+                            tmp.unlink(missing_ok=True)
+                    todo = [s for s in unit if not shard_is_valid(shard_path(run_dir, s.start), s, expected[s.start])]
+                    bar.update(sum(len(s) for s in unit) - sum(len(s) for s in todo))
+                    lost = False
+                    for s in todo:
+                        if not claims.holds(first):  # taken over as stale (a stalled process): leave it
+                            lost = True
+                            break
+                        timing = _generate_shard(run, run_dir, s, models, decode, expected[s.start], device,
+                                                 warmup=not batches)
+                        peak_mb = max(peak_mb, timing.pop("peak_mb"))
+                        if distributed.is_main() and not batches:  # our first shard: pin the checkpoints now
+                            write_json(run_dir / RUN_MANIFEST, make_manifest(run, run_dir, env, dry_run,
+                                                                             complete=False))
+                        batches.append(timing)
+                        bar.update(len(s))
+                        yield True
+                    if not lost:
+                        claims.finish(first, shard_stats(files))
+                        del pending[first]
+                finally:
+                    claims.release(first)
+                progressed = True
+            if pending and not progressed:
+                yield False
+    finally:  # also when stopped (preemption, an error): the batches made were made, and timed
+        claims.close()
+        if batches:
+            with locked(run_dir / TIMING_LOCK):
+                record_timing(run, run_dir, batches, device_name(device), peak_mb)
     distributed.barrier()
 
+    generated = sum(b["images"] for b in batches)
     if distributed.is_main():
-        if batches:
-            record_timing(run, run_dir, batches, device_name(device), peak_mb)
         _finish(run, run_dir, planned)
         complete = all(shard_path(run_dir, s.start).is_file() for s in plan_shards(run.samples, run.batch_size))
         if adm_npz and complete:
             write_adm_npz(run_dir, run.samples)
         write_json(run_dir / RUN_MANIFEST, make_manifest(run, run_dir, env, dry_run, complete=complete,
                                                                 models=models))
-    return RunResult(run.run_id, run_dir, sum(len(s) for s in todo), kept, sum(b["total"] for b in batches))
+    return RunResult(run.run_id, run_dir, generated, sum(len(s) for s in planned) - generated,
+                     sum(b["total"] for b in batches), claims.seconds)
+
+
+def _generate_shard(run: Run, run_dir: Path, s: range, models: dict[str, Any], decode: Callable | None,
+                    labels: np.ndarray | None, device: torch.device, warmup: bool) -> dict[str, Any]:
+    """Generate and write the shard of images `s`; its timing record (with the batch's peak memory, "peak_mb")."""
+    timing: dict[str, Any] = {"images": len(s), "warmup": warmup}
+    reset_peak_memory(device)
+    with precision_context(run.precision, device):
+        images, used_labels = generate(models, run.guidance, run.sampler, [run.seed + i for i in s],
+                                       labels=torch.from_numpy(labels) if labels is not None else None,
+                                       device=device, decode=_finite_check(run.run_id, s, decode), timing=timing)
+    timing["peak_mb"] = peak_memory_mb(device)
+    write_shard(shard_path(run_dir, s.start), images, used_labels, np.arange(s.start, s.stop))
+    return timing
 
 
 def _finish(run: Run, run_dir: Path, shards: Sequence[range]) -> None:
@@ -257,7 +310,7 @@ def generate_suite(suite: Suite, runs: Sequence[Run] | None = None, runs_root: s
     root_dir = Path(runs_root) if runs_root is not None else suite.root / "runs"
     dev = distributed.resolve_device(device)
     distributed.init(dev)
-    states = _preflight(runs, root_dir, fresh, suite.root, dry_run)
+    states = preflight_runs(runs, root_dir, fresh, suite.root, dry_run)
     distributed.barrier()  # every rank has read the old manifests before rank 0 rewrites them
     cache = cache or ModelCache(dev, dry_run, dry_vae_config, suite.root)
     env = environment(dev) if distributed.is_main() else {}

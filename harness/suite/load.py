@@ -74,11 +74,12 @@ class _Where:
             where = self.run(loc.pop(0))
         elif head == "models" and loc:
             where = f"[models.{loc.pop(0)}]"
-        elif head in ("suite", "sampler", "models", "runs") and loc:
+        elif head in ("suite", "sampler", "models", "runs", "launch") and loc:
             where = f"[{head}]"
         else:
             return self.error("top level", str(head), message if first["type"] != "extra_forbidden"
-                              else "unknown table; a suite has [suite], [sampler], [models.*] and [[runs]]")
+                              else "unknown table; a suite has [suite], [sampler], [models.*], [[runs]] and "
+                                                                 "[launch]")
         if not loc:
             return self.error(where, None, message)
         fld = str(loc.pop(0))
@@ -156,7 +157,8 @@ def load_suite(path: str | Path, root: str | Path | None = None, samples: int | 
     return Suite(path=path, root=root, name=s.name, samples=prompts.samples, batch_size=s.batch_size, seed=s.seed,
                  labels=s.labels, metrics=tuple(s.metrics), reference=_resolve_reference(s.reference, root),
                  sampler=sampler, models=models, runs=tuple(runs), prompts=prompts.spec,
-                 images_per_prompt=prompts.per_prompt)
+                 images_per_prompt=prompts.per_prompt,
+                 launch=doc.launch.model_dump(exclude_none=True) if doc.launch is not None else {})
 
 
 def _check_metrics(names: list[str], where: _Where) -> None:

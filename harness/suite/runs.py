@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,7 @@ class Suite:
     runs: tuple[Run, ...]
     prompts: str | None = None
     images_per_prompt: int = 1
+    launch: dict[str, Any] = field(default_factory=dict)  # the [launch] table's set fields (harness launch)
 
     def select(self, pattern: str | None) -> list[Run]:
         """The runs whose id matches the regular expression `pattern` (re.search); all runs for None."""

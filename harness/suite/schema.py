@@ -1,7 +1,8 @@
 """The suite file's schema: one pydantic model per TOML table, with the checks that need no other table.
 
-A suite has [suite], [sampler], [models.<key>] and [[runs]] tables. In a run, a list-valued field (omega,
-gamma_strong, gamma_weak, interval, cfg_channels, weak_model, seed) is a grid axis (harness.suite.load expands it).
+A suite has [suite], [sampler], [models.<key>] and [[runs]] tables, and optionally [launch] (harness launch). In a
+run, a list-valued field (omega, gamma_strong, gamma_weak, interval, cfg_channels, weak_model, seed) is a grid axis
+(harness.suite.load expands it).
 """
 
 from __future__ import annotations
@@ -195,6 +196,23 @@ class RunTable(_Table):
         return value
 
 
+class LaunchTable(_Table):
+    """[launch]: defaults of `harness launch` for this suite (flags override them): the executor, the number of
+    workers and the SLURM settings of each worker."""
+
+    executor: Literal["slurm", "local"] | None = None
+    workers: int | None = Field(None, ge=1)
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str | None = Field(None, pattern=r"^(\d+-)?\d+(:\d\d){0,2}$")  # SLURM's forms: MM, HH:MM:SS, D-HH:MM:SS
+    gpus_per_worker: int | None = Field(None, ge=1)
+    cpus_per_worker: int | None = Field(None, ge=1)
+    mem: str | None = Field(None, pattern=r"^\d+[KMGT]?$")  # SLURM's --mem, e.g. "64G"
+    constraint: str | None = None
+    setup: list[str] | None = None  # shell lines each job runs first (module load ..., source venv/bin/activate)
+
+
 class SuiteFile(_Table):
     """The whole TOML document."""
 
@@ -202,3 +220,4 @@ class SuiteFile(_Table):
     sampler: SamplerTable = SamplerTable()
     models: dict[Annotated[str, Field(pattern=_NAME)], ModelTable] = Field(min_length=1)
     runs: list[RunTable] = Field(min_length=1)
+    launch: LaunchTable | None = None
