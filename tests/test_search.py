@@ -281,7 +281,6 @@ def test_search_by_throughput_under_a_gpu_hour_budget(tiny_suite, tmp_path):
     assert record["cost"] == "img_per_s" and record["budget"]["unit"] == "gpu_hours"
     rates = {run: json.loads((out / "tiny_search" / run / "cost.json").read_text())["img_per_s"]
              for run in record["points"]}
-    assert all(rate > 0 for rate in rates.values())
     spent = sum(n / rates[run] / 3600 for run, n in record["samples"].items())
     assert record["budget_spent"] == pytest.approx(spent) and spent < 1
     assert all(s["cost"] == -rates[s["run"]] for s in record["rungs"][0]["scores"])  # more img/s is better
