@@ -3,6 +3,7 @@
     python -m perf.readme_results detector        # rendered evaluation scenes through the T2I world detector
     python -m perf.readme_results masking-twin    # suites/testbed_dropped.toml: the "Masked branches" table
     python -m perf.readme_results masking-twin --runs DIR --reports DIR   # from a finished `harness bench` of it
+    python -m perf.readme_results t2i-testbed     # suites/t2i_testbed.toml: scores, and each guided run vs best CFG
 
 Each file records the command, machine, torch version, git commit and date beside the numbers;
 tests/test_readme_numbers.py checks that every number the README quotes equals its file, so a rerun that changes a
@@ -72,6 +73,35 @@ def masking_twin(runs: Path, reports: Path, fresh: bool) -> dict[str, Any]:
             "runs": {r["run"]: {k: round(float(r[k]), 6) for k in keep if k in r} for _, r in frame.iterrows()}}
 
 
+def t2i_testbed(runs: Path, reports: Path, fresh: bool) -> dict[str, Any]:
+    """geneval_testbed of every run of suites/t2i_testbed.toml with its interval, cost and measured img/s, and each
+    guided run's paired difference from the best CFG run (harness.testbed.t2i_gate's `--versus cfg`)."""
+    import pandas as pd
+
+    from harness.metrics.geneval import paired_differences, read_results
+    from harness.metrics.t2i import RESULTS_FILE
+
+    suite = ROOT / "suites" / "t2i_testbed.toml"
+    table = reports / "t2i_testbed" / "results.csv"
+    if fresh or not table.is_file():
+        subprocess.run([sys.executable, "-m", "harness", "bench", str(suite), "--out", str(runs), "--reports",
+                        str(reports), "--device", "cpu"], cwd=ROOT, check=True)
+    rows = pd.read_csv(table).set_index("run")
+    folder = runs / "t2i_testbed"
+    base = str(rows[rows["method"] == "cfg"]["geneval_testbed"].idxmax())
+    base_records = read_results(folder / base / RESULTS_FILE)
+    out = {}
+    for run, r in rows.iterrows():
+        entry = {"method": r["method"], "gflops": round(float(r["gflops"]), 6),
+                 "img_per_s": round(float(r["img_per_s"]), 3)}
+        entry.update({k: round(float(r[k]), 4) for k in ("geneval_testbed", "geneval_testbed_lo", "geneval_testbed_hi")})
+        if r["method"] != "none" and run != base:
+            d, lo, hi = paired_differences(read_results(folder / str(run) / RESULTS_FILE), base_records)["geneval"]
+            entry["minus_best_cfg"] = [round(d, 4), round(lo, 4), round(hi, 4)]
+        out[str(run)] = entry
+    return {"suite": "suites/t2i_testbed.toml", "best_cfg": base, "runs": out}
+
+
 def write(name: str, command: str, result: dict[str, Any]) -> Path:
     """perf/results/<name>.json with the provenance first."""
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -83,16 +113,18 @@ def write(name: str, command: str, result: dict[str, Any]) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """Measure one README result and write its file."""
     parser = argparse.ArgumentParser(prog="python -m perf.readme_results", description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("detector", "masking-twin"))
-    parser.add_argument("--runs", type=Path, default=ROOT / "runs", help="run folder (masking-twin)")
-    parser.add_argument("--reports", type=Path, default=ROOT / "reports", help="reports folder (masking-twin)")
+    parser.add_argument("what", choices=("detector", "masking-twin", "t2i-testbed"))
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs", help="run folder (the suites)")
+    parser.add_argument("--reports", type=Path, default=ROOT / "reports", help="reports folder (the suites)")
     parser.add_argument("--fresh", action="store_true", help="bench again even if the results table exists")
     args = parser.parse_args(argv)
     command = "python -m perf.readme_results " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.what == "detector":
         path = write("t2i_detector_rendered", command, detector_scores())
-    else:
+    elif args.what == "masking-twin":
         path = write("masking_twin", command, masking_twin(args.runs, args.reports, args.fresh))
+    else:
+        path = write("t2i_testbed", command, t2i_testbed(args.runs, args.reports, args.fresh))
     print(path.read_text())
     return 0
 

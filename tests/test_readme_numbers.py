@@ -103,3 +103,29 @@ def test_claims_name_the_test_behind_them(claim):
     """The qualitative claims the issue found untested now cite the test that checks them."""
     at = README.index(claim)
     assert "tests/test_" in README[at - 600: at + 900], claim
+
+
+def _same(text: str, value: float) -> bool:
+    """A README number equals a file value rounded to the README's decimals."""
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    return text == f"{value:.{decimals}f}"
+
+
+def test_masking_twin_table_is_its_result_file():
+    data = load(RESULTS / "masking_twin.json")
+    runs = data["runs"]
+    fd, acc = quoted(r"masking twin \(.*?unguided: fd_testbed ([\d.]+), class_acc ([\d.]+)\)")
+    assert _same(fd, runs["unguided"]["fd_testbed"]) and _same(acc, runs["unguided"]["class_acc"])
+    rows = re.findall(r"\| (SG|CFG\+SG), gamma_weak ([\d.]+), omega (\d) \| ([^|]+) \| ([^|]+) \| ([^|]+) \| ([^|]+) \|",
+                      README)
+    assert len(rows) == 5
+    for method, gw, omega, *cells in rows:
+        prefix = "sg" if method == "SG" else "cfg_sg"
+        suffix = f"-gw{gw}-omega{omega}" if method == "SG" else ""
+        decoder, strong = runs[f"{prefix}_decoder{suffix}"], runs[f"{prefix}_strong{suffix}"]
+        values = [decoder["fd_testbed"], strong["fd_testbed"], decoder["class_acc"], strong["class_acc"]]
+        texts = [c.strip().strip("*") for c in cells]
+        assert all(_same(t, v) for t, v in zip(texts, values)), (method, gw, omega, texts, values)
+        bold = [c.strip().startswith("**") for c in cells]  # the better of each pair is bold, ties neither
+        assert bold[:2] == ([values[0] < values[1], values[1] < values[0]] if bold[0] or bold[1] else [False, False])
+        assert bold[2:] == ([values[2] > values[3], values[3] > values[2]] if bold[2] or bold[3] else [False, False])
