@@ -293,7 +293,7 @@ def test_measure_throughput_times_the_loop_and_is_json_ready():
                                 decode=lambda x: decoded.append(x.shape) or x, warmup=1, repeats=2)
     assert json.loads(json.dumps(result)) == result
     assert len(decoded) == 3 and decoded[0][0] == 3  # warm-up and both timed batches, the real batch size
-    assert len(result["batch_seconds"]) == 2 and result["img_per_s"] >= result["img_per_s_e2e"] > 0
+    assert len(result["batch_seconds"]) == 2 and result["img_per_s"] >= result["img_per_s_e2e"]
     rates = [3 / s for s in result["batch_seconds"]]
     assert result["img_per_s"] == pytest.approx(statistics.median(rates))
     assert result["img_per_s_iqr"] == pytest.approx(abs(rates[0] - rates[1]) / 2)  # inclusive quartiles of two

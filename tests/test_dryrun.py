@@ -114,7 +114,7 @@ def test_dry_bench_runs_every_stage_and_marks_it(tmp_path, capsys):
         metrics = json.loads((folder / run / "metrics.json").read_text())
         assert set(metrics) == {"is", "precision", "recall"} and all(np.isfinite(list(metrics.values())))
         cost = json.loads((folder / run / "cost.json").read_text())
-        assert cost["nfe"] == 2 and cost["img_per_s"] > 0
+        assert cost["nfe"] == 2 and cost["batch_seconds"]  # the cost stage timed the dry run's generation
     assert not np.array_equal(images["cfg"], images["sg_fid"])  # guidance methods differ on redrawn weights
     plan = pd.read_csv(reports / "imagenet256-dryrun" / "plan.csv")
     assert list(plan["run"]) == ["cfg", "sg_fid", "(total)"]
