@@ -96,7 +96,7 @@ def test_training_gives_bit_identical_weights_on_1_and_2_threads(tmp_path, part)
     threads = torch.get_num_threads()
     try:
         for n in (1, 2):
-            train.main(["--only", part, "--steps", "6", "--batch", "16", "--pool", "32", "--threads", str(n),
+            train.main(["--only", part, "--steps", "3", "--batch", "16", "--pool", "16", "--threads", str(n),
                         "--out", str(tmp_path / f"t{n}")])
     finally:
         torch.set_num_threads(threads)
