@@ -129,3 +129,29 @@ def test_masking_twin_table_is_its_result_file():
         bold = [c.strip().startswith("**") for c in cells]  # the better of each pair is bold, ties neither
         assert bold[:2] == ([values[0] < values[1], values[1] < values[0]] if bold[0] or bold[1] else [False, False])
         assert bold[2:] == ([values[2] > values[3], values[3] > values[2]] if bold[2] or bold[3] else [False, False])
+
+
+def test_t2i_testbed_numbers_are_its_result_file():
+    data = load(RESULTS / "t2i_testbed.json")
+    runs, best = data["runs"], data["runs"][data["best_cfg"]]
+    gate = json.loads((ROOT / "checkpoints" / "testbed_record.json").read_text())["t2i"]["gate"]
+    unguided = [r for name, r in runs.items() if name.startswith("unguided-seed")]
+    assert {round(r["geneval_testbed"], 4) for r in unguided} == set(gate["unguided"].values())  # the gate's run
+    lo, random_hi = quoted(r"one seed range's own interval still touches the random one, ([\d.]+) vs ([\d.]+)\)")
+    assert _same(lo, min(r["geneval_testbed_lo"] for r in unguided)) and _same(random_hi, gate["random_scenes"]["hi"])
+    cfg, cfg_lo, cfg_hi = quoted(r"CFG moves it to ([\d.]+) \[([\d.]+), ([\d.]+)\]")
+    assert all(_same(t, best[k]) for t, k in zip((cfg, cfg_lo, cfg_hi), ("geneval_testbed", "geneval_testbed_lo",
+                                                                          "geneval_testbed_hi")))
+    sg = [r for r in runs.values() if r["method"] == "sg"]
+    ratio_lo, ratio_hi, below_lo, below_hi = quoted(
+        r"pure SG \(([\d.]+)-([\d.]+)x CFG's FLOPs\) stays near unguided \(([\d.]+)-([\d.]+) below CFG\)")
+    ratios = [r["gflops"] / best["gflops"] for r in sg]
+    below = [-r["minus_best_cfg"][0] for r in sg]
+    assert _same(ratio_lo, min(ratios)) and _same(ratio_hi, max(ratios))
+    assert _same(below_lo, min(below)) and _same(below_hi, max(below))
+    diff, diff_lo, diff_hi, flops, speed = quoted(
+        r"CFG\+SG matches CFG \(([-+\d.]+) \[([-+\d.]+), ([-+\d.]+)\]\) at ([\d.]+)x its FLOPs and ([\d.]+)x its "
+        r"measured img/s")
+    cfg_sg = runs["cfg_sg"]
+    assert all(_same(t, v) for t, v in zip((diff, diff_lo, diff_hi), cfg_sg["minus_best_cfg"]))
+    assert _same(flops, cfg_sg["gflops"] / best["gflops"]) and _same(speed, cfg_sg["img_per_s"] / best["img_per_s"])
