@@ -23,6 +23,7 @@ import re
 import sys
 import tomllib
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -79,10 +80,18 @@ class Asset:
     source: str | None = None
     note: str | None = None
     sha256_files: dict[str, str] = field(default_factory=dict)
+    verified: str | None = None  # what confirmed the URL / file names against the publisher's list, and where
 
     @property
     def fetchable(self) -> bool:
         return bool(self.url or self.hub)
+
+    @property
+    def verification(self) -> str:
+        """`harness assets`' verified column: yes, UNVERIFIED (a fetch may 404), or - (nothing to fetch)."""
+        if not self.fetchable:
+            return "-"
+        return "yes" if self.verified else "UNVERIFIED"
 
     def location(self, root: str | Path | None = None) -> Path:
         """Where the asset goes: $<env> if set, torch.hub's cache for `{torch_hub}/...`, else the assets folder."""
@@ -98,8 +107,8 @@ class Asset:
         """The files --fetch writes: one for a URL, one per listed file for a hub id (into its folder)."""
         dest = self.location(root)
         if self.hub:
-            return [Download(HF_RESOLVE.format(hub=self.hub, revision=self.revision, file=f), dest / f,
-                             self.sha256_files.get(f)) for f in self.files]
+            return [Download(HF_RESOLVE.format(hub=self.hub, revision=self.revision, file=urllib.parse.quote(f)),
+                             dest / f, self.sha256_files.get(f)) for f in self.files]  # quoted: names may hold spaces
         if self.url:
             return [Download(self.url, dest, self.sha256)]
         return []
@@ -137,7 +146,7 @@ def _part(dest: Path) -> Path:
 
 
 _FIELDS = {"kind", "description", "path", "url", "hub", "revision", "files", "size", "sha256", "sha256_files", "env",
-           "source", "note"}
+           "source", "note", "verified"}
 
 
 def load_manifest(path: str | Path = ASSET_MANIFEST) -> dict[str, Asset]:
@@ -249,6 +258,9 @@ def fetch(asset: Asset, root: str | Path | None = None, log: Callable[[str], Non
     """Download every missing file of an asset; files already in place are kept (and not re-verified)."""
     if not asset.fetchable:
         raise HarnessError(f"asset {asset.name!r} cannot be fetched: {asset.note or 'no URL in the manifest'}")
+    if asset.verification == "UNVERIFIED":
+        log(f"{asset.name}: UNVERIFIED: its URL / file names were not checked against the publisher's file list "
+            f"(assets/manifest.toml, note: {asset.note or '-'}); a 404 means the manifest is wrong, not the network")
     written = []
     for item in asset.downloads(root):
         if item.dest.is_file():
@@ -334,7 +346,8 @@ def raise_missing(needs: Sequence[Need]) -> None:
 
 
 def status_rows(assets: dict[str, Asset], root: str | Path | None = None) -> list[dict[str, str]]:
-    """One row per asset for `harness assets`: name, kind, status, size, location."""
+    """One row per asset for `harness assets`: name, kind, status, verified (URL / file names checked), size,
+    location."""
     rows = []
     for asset in assets.values():
         if asset.present(root):
@@ -343,8 +356,8 @@ def status_rows(assets: dict[str, Asset], root: str | Path | None = None) -> lis
             status = f"partial ({asset.partial(root) / 2**20:,.0f} MiB; --fetch resumes)"
         else:
             status = "missing" if asset.fetchable else "missing, not public"
-        rows.append({"name": asset.name, "kind": asset.kind, "status": status, "size": asset.size or "?",
-                     "location": str(asset.location(root))})
+        rows.append({"name": asset.name, "kind": asset.kind, "status": status, "verified": asset.verification,
+                     "size": asset.size or "?", "location": str(asset.location(root))})
     return rows
 
 
@@ -391,6 +404,10 @@ def main_assets(args: argparse.Namespace) -> int:
                 continue
             fetch(asset, args.root, log=lambda text: print(text, file=sys.stderr))
     print(format_rows(status_rows(chosen, args.root)))
+    unverified = [a.name for a in chosen.values() if a.verification == "UNVERIFIED"]
+    if unverified:
+        print(f"UNVERIFIED: the URL or file names of {', '.join(unverified)} were not checked against the publisher's "
+              f"file list (see their notes in the manifest); --fetch may fail with 404 for them")
     return 0
 
 

@@ -129,6 +129,45 @@ def test_fetch_cli_lists_and_downloads_a_manifest_asset(server, tmp_path, capsys
     assert "not public" in capsys.readouterr().err
 
 
+def test_listing_and_fetch_flag_unverified_entries(server, tmp_path, capsys, monkeypatch):
+    """An entry to fetch without `verified` is UNVERIFIED in the table and in a line below it, and --fetch warns."""
+    monkeypatch.delenv(assets.ASSETS_ENV, raising=False)
+    manifest = tmp_path / "manifest.toml"
+    manifest.write_text(f'[assets.confirmed]\nkind = "checkpoint"\ndescription = "a"\npath = "a.pt"\nurl = "{server.url}"\n'
+                        f'verified = "the publisher\'s download.py"\n\n'
+                        f'[assets.guessed]\nkind = "checkpoint"\ndescription = "b"\npath = "b.pt"\nurl = "{server.url}"\n'
+                        f'note = "file name follows a pattern"\n\n'
+                        f'[assets.secret]\nkind = "checkpoint"\ndescription = "c"\npath = "c.pt"\nnote = "not public"\n')
+    argv = ["assets", "--root", str(tmp_path), "--manifest", str(manifest)]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = lines[0].index("verified")  # the aligned table's column
+    column = {line.split()[0]: line[at:].split()[0] for line in lines[1:4]}
+    assert column == {"confirmed": "yes", "guessed": "UNVERIFIED", "secret": "-"}
+    assert lines[-1].startswith("UNVERIFIED: ") and "guessed" in lines[-1] and "confirmed" not in lines[-1]
+    assert main([*argv, "confirmed"]) == 0 and "UNVERIFIED" not in capsys.readouterr().out
+    assert main([*argv, "--fetch", "guessed"]) == 0
+    err = capsys.readouterr().err
+    assert "guessed: UNVERIFIED" in err and "file name follows a pattern" in err
+    assert (tmp_path / "assets" / "b.pt").read_bytes() == PAYLOAD  # a warning, not a refusal
+    assert main([*argv, "--fetch", "confirmed"]) == 0 and "UNVERIFIED" not in capsys.readouterr().err
+
+
+def test_repository_manifest_says_how_each_entry_was_verified():
+    """Every entry to fetch names what confirmed it, or says in its note why its file name is not verified; hub
+    file names with spaces are fetched URL-quoted; HPSv3's categories are the benchmark asset's files."""
+    from harness.prompts.hpsv3 import CATEGORIES, category_file
+
+    manifest = assets.load_manifest()
+    unverified = {n for n, a in manifest.items() if a.verification == "UNVERIFIED"}
+    assert all("not verified" in manifest[n].note for n in unverified), unverified
+    assert sum(a.verification == "yes" for a in manifest.values()) > 2 * len(unverified)
+    benchmark = manifest["hpsv3-benchmark"]
+    assert {category_file(c) for c in CATEGORIES} == set(benchmark.files)
+    urls = [d.url for d in benchmark.downloads(REPO)]
+    assert any(u.endswith("/benchmark/benchmark_Natural%20Scenery.json") for u in urls) and not any(" " in u for u in urls)
+
+
 def test_repository_manifest_is_valid_and_names_every_real_asset():
     manifest = assets.load_manifest()
     kinds = {a.kind for a in manifest.values()}

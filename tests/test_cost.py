@@ -52,7 +52,14 @@ def test_imagenet256_plan_reproduces_sg_table2():
     table = plan_table(load_suite(ROOT / "suites" / "imagenet256.toml", root=ROOT)).set_index("run")
     for run, reported in {"unguided": 114.42, "cfg": 228.84, "ag": 228.84, "icg": 228.84, "sg_flops": 97.67}.items():
         assert _close(table.loc[run, "gflops"], reported, 1e-3), (run, table.loc[run, "gflops"])
-    assert _close(table.loc["sg_fid", "gflops"], 173.16, 5e-3), table.loc["sg_fid", "gflops"]
+    # SG_FID: the paper's 173.16 is both branches counted at the schedules' mean gamma 0.3 (int(256 * 0.3) = 76
+    # routed tokens each); the harness averages the count of each of the 40 steps, where the two cosine schedules
+    # route 152.7 tokens per step on average (0.7 more), so it is 0.7 x 23 blocks x 15.925 M MACs lower (README, FLOPs)
+    config = XL_ROUTING.config()[0]
+    assert _close(2 * count_forward(config, 0.3)[0], 173.16, 1e-3)
+    per_token_block = 1152 * 3456 + 1152 * 1152 + 2 * 1152 * 4608
+    assert table.loc["sg_fid", "gflops"] == pytest.approx(2 * count_forward(config, 0.3)[0]
+                                                          - 0.7 * 23 * per_token_block / 1e9, rel=1e-9)
     assert table.loc["cfg", "nfe"] == 80 and table.loc["unguided", "nfe"] == 40
     runs = table.drop(index=TOTAL_ROW)  # per image over the 40 steps, then over each run's samples
     assert (runs["tflops_image"] * 1e3).to_list() == pytest.approx((runs["gflops"] * 40).to_list())
@@ -286,12 +293,13 @@ def test_measure_throughput_times_the_loop_and_is_json_ready():
                                 decode=lambda x: decoded.append(x.shape) or x, warmup=1, repeats=2)
     assert json.loads(json.dumps(result)) == result
     assert len(decoded) == 3 and decoded[0][0] == 3  # warm-up and both timed batches, the real batch size
-    assert len(result["batch_seconds"]) == 2 and result["img_per_s"] >= result["img_per_s_e2e"] > 0
+    assert len(result["batch_seconds"]) == 2 and result["img_per_s"] >= result["img_per_s_e2e"]
     rates = [3 / s for s in result["batch_seconds"]]
     assert result["img_per_s"] == pytest.approx(statistics.median(rates))
     assert result["img_per_s_iqr"] == pytest.approx(abs(rates[0] - rates[1]) / 2)  # inclusive quartiles of two
     assert result["sec_per_step"] == pytest.approx(3 / result["img_per_s"] / 2) and result["timed_batches"] == 2
-    assert result["peak_mem_mb"] > 0 and result["device"].startswith("cpu")
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB: a CPU's peak is the process's max RSS
+    assert 0.5 * after <= result["peak_mem_mb"] <= after and result["device"].startswith("cpu")
 
 
 def test_throughput_stats_are_robust_to_a_slow_batch_and_report_the_spread():

@@ -110,6 +110,8 @@ def test_search_finds_the_full_grids_front_with_a_quarter_of_its_samples(grid):
     reference_front = [s for s in reference if s.run in front(reference)]
     found = [s for s in reference if s.run in record["front"]]
     assert front_covers(reference_front, found) == []
+    if grid == "full":  # README: "found the full grid's front exactly"
+        assert sorted(record["front"]) == sorted(s.run for s in reference_front)
     # the top rung's values are the full grid's: the same images
     top = {s["run"]: s for s in record["rungs"][-1]["scores"]}
     for s in found:
@@ -256,7 +258,6 @@ def test_search_by_throughput_under_a_gpu_hour_budget(tiny_suite, tmp_path):
     assert record["cost"] == "img_per_s" and record["budget"]["unit"] == "gpu_hours"
     rates = {run: json.loads((out / "tiny_search" / run / "cost.json").read_text())["img_per_s"]
              for run in record["points"]}
-    assert all(rate > 0 for rate in rates.values())
     spent = sum(n / rates[run] / 3600 for run, n in record["samples"].items())
     assert record["budget_spent"] == pytest.approx(spent) and spent < 1
     assert all(s["cost"] == -rates[s["run"]] for s in record["rungs"][0]["scores"])  # more img/s is better

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from harness.guidance import GuidanceSpec
 from harness.models import build_model
@@ -85,3 +86,20 @@ def test_training_is_deterministic_from_its_seed(tmp_path):
     train.main([*args, "--seed", "1", "--out", str(tmp_path / "c")])
     weights = {run: (tmp_path / run / "testbed_routing.safetensors").read_bytes() for run in "abc"}
     assert weights["a"] == weights["b"] and weights["a"] != weights["c"]
+
+
+@pytest.mark.parametrize("part", ["routing", "masking"])
+def test_training_gives_bit_identical_weights_on_1_and_2_threads(tmp_path, part):
+    """The README's reproducibility claim: training is deterministic from --seed whatever the thread count."""
+    from safetensors.torch import load_file
+
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            train.main(["--only", part, "--steps", "3", "--batch", "16", "--pool", "16", "--threads", str(n),
+                        "--out", str(tmp_path / f"t{n}")])
+    finally:
+        torch.set_num_threads(threads)
+    one, two = (load_file(tmp_path / f"t{n}" / f"testbed_{part}.safetensors") for n in (1, 2))
+    assert one.keys() == two.keys()
+    assert all(torch.equal(one[k], two[k]) for k in one), [k for k in one if not torch.equal(one[k], two[k])][:5]

@@ -15,14 +15,15 @@ from harness.errors import HarnessError
 from harness.prompts.sets import PromptSet
 
 ASSET = "hpsv3-benchmark"
-# The README's order; the file of a category is benchmark_<name with spaces removed>.json.
+# The README's order; the file of a category is benchmark_<name>.json, spaces kept ("benchmark_Natural Scenery.json",
+# as Lakonik/LakonLab's configs read it from the hub).
 CATEGORIES = ("Characters", "Arts", "Design", "Architecture", "Animals", "Natural Scenery", "Transportation",
               "Products", "Others", "Plants", "Food", "Science")
 IMAGES_PER_PROMPT = 1
 
 
 def category_file(category: str) -> str:
-    return f"benchmark/benchmark_{category.replace(' ', '')}.json"
+    return f"benchmark/benchmark_{category}.json"
 
 
 def benchmark_folder(root: str | Path | None = None) -> Path:
