@@ -28,12 +28,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from harness.generate import generate_suite
 from harness.generate.claims import Claims
 from harness.rundir import read_samples, run_dir_of
 from harness.suite import load_suite
+from perf.readme_results import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def timed(cmd: list[str], launch_record: Path | None = None) -> float:
     """Wall seconds of a command run from the repository root, stopping the benchmark when it fails. For a launch,
     until its last worker ended (submitit's result files), leaving out the finisher's cost and report."""
     start, started = time.perf_counter(), time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if proc.returncode:
         sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     if launch_record is None:
@@ -115,11 +115,10 @@ def main() -> None:
         print(f"{name:26s} {walls[name]:7.1f} s wall  {args.samples / walls[name]:6.2f} img/s (same images)")
     cycle = claim_cycle_ms(work / "claims-bench")
     units = len(list((run_dir_of(work / "inproc", run) / "claims").glob("*.done")))
+    command = "python -m perf.launch_scaling " + " ".join(sys.argv[1:])
     record = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"host": socket.gethostname(), "platform": platform.platform(), "cpus": os.cpu_count(),
-                    "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                    "load_avg_1min": os.getloadavg()[0]},
+        **provenance(command.strip()),
+        "host": {"name": socket.gethostname(), "platform": platform.platform(), "load_avg_1min": os.getloadavg()[0]},
         "suite": args.suite, "run": run.run_id, "samples": args.samples, "batch_size": run.batch_size,
         "steps": run.sampler.steps, "units": units,
         "claim_cycle_ms": cycle,

@@ -28,6 +28,7 @@ from test_runner import RUN, images_by_index, random_checkpoint, run_dir, write_
 pytest.importorskip("submitit")
 
 SAMPLES, BATCH = 12, 2
+KILL_STEPS = 24
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +58,18 @@ def shard_count(out: Path) -> int:
 def test_killed_launch_relaunched_equals_plain_generate(setup, tmp_path, monkeypatch, capsys):
     """3 local workers are killed with their launcher mid-way; status names their stale claims and dead jobs; a
     second launch takes the claims over and finishes with the images of one plain process, each made once."""
-    suite, ref = setup
+    suite, _ = setup
+    # 24 steps: batches slow enough to kill mid-way however fast the machine (at the suite's 2, one idle worker
+    # makes all 12 images in half a second)
+    ref = tmp_path / "ref"
+    generate_suite(load_suite(suite, root=suite.parent, steps=KILL_STEPS), runs_root=ref, device="cpu")
     out = tmp_path / "runs"
     cmd = ["launch", str(suite), "--executor", "local", "--workers", "3", "--out", str(out), "--device", "cpu",
-           "--root", str(suite.parent), "--reports", str(tmp_path / "reports")]
+           "--root", str(suite.parent), "--reports", str(tmp_path / "reports"), "--steps", str(KILL_STEPS)]
     first = subprocess.Popen([sys.executable, "-m", "harness", *cmd], env=env(), start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     claims_dir = run_dir(out) / claims_mod.CLAIMS_DIR
-    wait_for(lambda: shard_count(out) >= 1 and len(list(claims_dir.glob("*.claim"))) >= 2, "no worker made a shard")
+    wait_for(lambda: shard_count(out) >= 1 and len(list(claims_dir.glob("*.claim"))) >= 1, "no worker made a shard")
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     time.sleep(0.5)
@@ -85,6 +90,28 @@ def test_killed_launch_relaunched_equals_plain_generate(setup, tmp_path, monkeyp
     assert not list(claims_dir.glob("*.claim"))
     assert (tmp_path / "reports" / "rt" / "report.md").is_file()  # the finisher ran cost and report
     assert "12/12 images (100%)" in capsys.readouterr().out
+    record = json.loads((out / "rt" / LAUNCH_RECORD).read_text())
+    assert record["threads_per_worker"] == max(1, os.cpu_count() // 3)
+
+
+def test_local_workers_share_the_cores_and_slurm_workers_keep_their_allocation(monkeypatch):
+    """N local workers get cores // N torch threads each (never 0), set before generating; SLURM's keep torch's
+    default (their allocation's cores)."""
+    import torch
+
+    from harness.launch import jobs, worker_threads
+    from harness.launch.settings import LaunchSettings
+
+    assert [worker_threads(LaunchSettings("local", n), cpus=8) for n in (1, 2, 3, 16)] == [8, 4, 2, 1]
+    assert worker_threads(LaunchSettings("slurm", 4), cpus=8) is None
+    seen = []
+    monkeypatch.setattr(jobs, "_run", lambda command, argv: seen.append((command, torch.get_num_threads())))
+    before = torch.get_num_threads()
+    try:
+        jobs.Worker(["suite.toml"], threads=1)()
+        assert seen == [("generate", 1)]
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_preempted_worker_requeues_and_resumes(setup, tmp_path):

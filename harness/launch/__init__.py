@@ -11,6 +11,7 @@ runs/<suite>/launch.json for `harness status`. Without --detach, launch waits an
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -88,6 +89,14 @@ def _job_record(job: Any, kind: str) -> dict[str, str]:
             "result": str(job.paths.result_pickle)}
 
 
+def worker_threads(settings: LaunchSettings, cpus: int | None = None) -> int | None:
+    """CPU threads per worker: local workers share this machine's cores (as torchrun's one thread per process, so N
+    workers do not oversubscribe it); a SLURM worker uses its own allocation (None: torch's default)."""
+    if settings.executor != "local":
+        return None
+    return max(1, (cpus or os.cpu_count() or 1) // settings.workers)
+
+
 def submit(settings: LaunchSettings, argv: list[str], bench_argv: list[str], folder: Path,
            name: str) -> tuple[list[Any], Any]:
     """Submit the workers and the finisher; (worker jobs, finisher job)."""
@@ -95,7 +104,8 @@ def submit(settings: LaunchSettings, argv: list[str], bench_argv: list[str], fol
 
     executor = make_executor(settings, folder, name)
     with executor.batch():
-        jobs = [executor.submit(Worker(argv, settings.gpus_per_worker)) for _ in range(settings.workers)]
+        worker = Worker(argv, settings.gpus_per_worker, worker_threads(settings))
+        jobs = [executor.submit(worker) for _ in range(settings.workers)]
     if settings.executor == "slurm":
         array = str(jobs[0].job_id).split("_")[0]
         executor.update_parameters(ntasks_per_node=1, gpus_per_node=1, dependency=f"afterany:{array}",
@@ -125,6 +135,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     folder = Path(args.logs).resolve() if args.logs else runs_root / suite.name / LOG_DIR
     jobs, finisher = submit(settings, argv, bench_argv, folder, f"harness-{suite.name}")
     record = {"executor": settings.executor, "workers": settings.workers, "gpus_per_worker": settings.gpus_per_worker,
+              "threads_per_worker": worker_threads(settings),
               "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "logs": str(folder), "argv": sys.argv[1:],
               "jobs": [_job_record(j, "worker") for j in jobs] + [_job_record(finisher, "finisher")]}
     write_json(runs_root / suite.name / LAUNCH_RECORD, record)

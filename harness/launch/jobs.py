@@ -22,11 +22,16 @@ class Worker:
     """A launch worker: `harness generate` on the suite, which claims units until every run is made. With G GPUs the
     worker's G tasks form one torch.distributed group (submitit sets RANK, WORLD_SIZE, MASTER_ADDR/PORT)."""
 
-    def __init__(self, argv: Sequence[str], gpus: int = 1) -> None:
+    def __init__(self, argv: Sequence[str], gpus: int = 1, threads: int | None = None) -> None:
         self.argv = list(argv)
         self.gpus = gpus
+        self.threads = threads
 
     def __call__(self) -> None:
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
         if self.gpus > 1:
             from submitit.helpers import TorchDistributedEnvironment
 
@@ -41,7 +46,7 @@ class Worker:
         from harness.generate.claims import release_everything
 
         release_everything()
-        return DelayedSubmission(Worker(self.argv, self.gpus))
+        return DelayedSubmission(Worker(self.argv, self.gpus, self.threads))
 
 
 class Finisher:
