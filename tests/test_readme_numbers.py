@@ -61,6 +61,20 @@ def test_search_numbers_are_the_committed_search_and_full_grid():
         assert (value, lo, hi) == tuple(f"{row[c]:.2f}" for c in ("fd_testbed", "fd_testbed_lo", "fd_testbed_hi"))
 
 
+def test_launch_scaling_numbers_are_its_result_file():
+    data = load(RESULTS / "launch_scaling-2026-12-05.json")
+    command, samples, cycle, share, *walls = quoted(
+        r"\(`(python -m perf\.launch_scaling[^`]*)`, `perf/results/launch_scaling-2026-12-05\.json`: the testbed's "
+        r"`sg-omega2`, (\d+) images, this 2-core CPU\): a claim cycle \(claim, heartbeat, done, release\) takes ([\d.]+) "
+        r"ms, ([\d.]+)% of the generation time; wall seconds, process start to last image, are ([\d.]+) for one "
+        r"`harness generate`, ([\d.]+) for a local launch of 1 worker, ([\d.]+) for 2 workers and ([\d.]+) for 2 "
+        r"torchrun processes")
+    assert command == data["command"] and int(samples) == data["samples"]
+    assert cycle == f"{data['claim_cycle_ms']:.2f}"
+    assert share == f"{100 * data['single_process']['claim_share']:.3f}"
+    assert walls == [f"{v:.1f}" for v in data["wall_s"].values()]
+
+
 def test_rendered_scene_scores_are_the_detector_result_file():
     data = load(RESULTS / "t2i_detector_rendered.json")
     seeds = data["seeds"]
