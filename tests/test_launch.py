@@ -40,6 +40,16 @@ def setup(tmp_path_factory) -> tuple[Path, Path]:
     return suite, folder / "ref"
 
 
+@pytest.fixture(scope="module")
+def slow_setup(setup, tmp_path_factory) -> tuple[Path, Path]:
+    """(suite path, reference runs folder at KILL_STEPS): batches slow enough to interrupt a worker mid-run however
+    fast the machine (at the suite's 2 steps one idle worker makes all 12 images in half a second)."""
+    suite, _ = setup
+    ref = tmp_path_factory.mktemp("slow") / "ref"
+    generate_suite(load_suite(suite, root=suite.parent, steps=KILL_STEPS), runs_root=ref, device="cpu")
+    return suite, ref
+
+
 def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
 
@@ -55,14 +65,10 @@ def shard_count(out: Path) -> int:
     return len(list(run_dir(out).glob("samples-*.npz")))
 
 
-def test_killed_launch_relaunched_equals_plain_generate(setup, tmp_path, monkeypatch, capsys):
+def test_killed_launch_relaunched_equals_plain_generate(slow_setup, tmp_path, monkeypatch, capsys):
     """3 local workers are killed with their launcher mid-way; status names their stale claims and dead jobs; a
     second launch takes the claims over and finishes with the images of one plain process, each made once."""
-    suite, _ = setup
-    # 24 steps: batches slow enough to kill mid-way however fast the machine (at the suite's 2, one idle worker
-    # makes all 12 images in half a second)
-    ref = tmp_path / "ref"
-    generate_suite(load_suite(suite, root=suite.parent, steps=KILL_STEPS), runs_root=ref, device="cpu")
+    suite, ref = slow_setup
     out = tmp_path / "runs"
     cmd = ["launch", str(suite), "--executor", "local", "--workers", "3", "--out", str(out), "--device", "cpu",
            "--root", str(suite.parent), "--reports", str(tmp_path / "reports"), "--steps", str(KILL_STEPS)]
@@ -114,13 +120,13 @@ def test_local_workers_share_the_cores_and_slurm_workers_keep_their_allocation(m
         torch.set_num_threads(before)
 
 
-def test_a_preempted_worker_requeues_and_resumes(setup, tmp_path):
+def test_a_preempted_worker_requeues_and_resumes(slow_setup, tmp_path):
     """SLURM's preemption signal (USR2, as submitit's job._interrupt sends) reaches the worker mid-run: it releases
     its claims, submitit requeues it under the same job id, and the requeued worker finishes the run."""
-    suite, ref = setup
+    suite, ref = slow_setup
     out = tmp_path / "runs"
     assert main(["launch", str(suite), "--executor", "local", "--workers", "1", "--out", str(out), "--device", "cpu",
-                 "--root", str(suite.parent), "--detach"]) == 0
+                 "--root", str(suite.parent), "--detach", "--steps", str(KILL_STEPS)]) == 0
     record = json.loads((out / "rt" / LAUNCH_RECORD).read_text())
     worker, finisher = record["jobs"]
     claims_dir = run_dir(out) / claims_mod.CLAIMS_DIR
