@@ -113,18 +113,33 @@ def create(path: Path, record: dict[str, Any]) -> bool:
         tmp.unlink(missing_ok=True)
 
 
-def _take_over(path: Path, stale: dict[str, Any], me: dict[str, Any]) -> None:
-    """Remove the stale claim `stale` at `path`, if it is still there; a live claim moved by mistake goes back."""
-    tomb = path.with_name(f".{path.name}.{me['token']}.stale")
-    try:
-        os.rename(path, tomb)
-    except FileNotFoundError:  # another taker was first
+def _take_over(path: Path, stale: dict[str, Any], me: dict[str, Any], timeout: float) -> None:
+    """Remove the stale claim `stale` at `path` if it is still there. One taker per stale claim: the right to remove
+    it is a file created atomically beside it (named by its token), so a late taker can never move away the claim a
+    faster one made after it (the window in which a third process could win a unit twice)."""
+    right = path.with_name(f".{path.name}.{stale.get('token')}.takeover")
+    if not create(right, me):
+        record = _read(right)
+        with contextlib.suppress(FileNotFoundError):
+            if record is not None and stale_reason(record, time.time() - right.stat().st_mtime, timeout, me):
+                right.unlink()  # a taker that died mid-takeover: the next attempt takes the right
         return
-    moved = _read(tomb)
-    if moved is None or moved.get("token") != stale.get("token"):
-        with contextlib.suppress(FileExistsError):
-            os.link(tomb, path)
-    tomb.unlink(missing_ok=True)
+    try:
+        current = _read(path)
+        if current is None or current.get("token") != stale.get("token"):
+            return  # released, or already taken over
+        tomb = path.with_name(f".{path.name}.{me['token']}.stale")
+        try:
+            os.rename(path, tomb)
+        except FileNotFoundError:  # its owner released it just now
+            return
+        moved = _read(tomb)
+        if moved is None or moved.get("token") != stale.get("token"):  # released and claimed anew meanwhile
+            with contextlib.suppress(FileExistsError):
+                os.link(tomb, path)
+        tomb.unlink(missing_ok=True)
+    finally:
+        right.unlink(missing_ok=True)
 
 
 class Claims:
@@ -167,7 +182,7 @@ class Claims:
                     continue
                 if stale_reason(record, age, self.timeout, self.me) is None:
                     return False
-                _take_over(path, record, self.me)
+                _take_over(path, record, self.me, self.timeout)
             return False
         finally:
             self.seconds += time.perf_counter() - start
@@ -245,7 +260,7 @@ def locked(path: Path, timeout: float = TIMEOUT_S, wait: float = 0.01) -> Iterat
         if record is not None:
             with contextlib.suppress(FileNotFoundError):
                 if stale_reason(record, time.time() - path.stat().st_mtime, timeout) is not None:
-                    _take_over(path, record, me)
+                    _take_over(path, record, me, timeout)
                     continue
         time.sleep(wait)
     try:
