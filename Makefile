@@ -57,7 +57,7 @@ testbed: setup
 
 # HPSv3 runs in its own environment: the hpsv3 package pins transformers 4.45.2, which the main .venv must not get.
 # torch first (hpsv3's own environment pins torch 2.6.0), then the package; the harness starts
-# harness/metrics/hpsv3_worker.py with $(HPSV3_VENV)/bin/python.
+# harness/metrics/hpsv3/worker.py with $(HPSV3_VENV)/bin/python.
 HPSV3_VENV ?= .venv-hpsv3
 HPSV3_TORCH ?= torch==2.6.0 torchvision==0.21.0
 # matplotlib and tensorboard: imported by hpsv3 1.0.0 (hpsv3/model/qwen2vl_trainer.py) but not declared by it

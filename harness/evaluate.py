@@ -20,10 +20,10 @@ from harness import distributed
 from harness.errors import HarnessError
 from harness.metrics import METRICS, is_prompt_metric
 from harness.metrics.evaluate import Evaluator
+from harness.metrics.layouts import detect_layout
 from harness.metrics.t2i import evaluate_folder, evaluate_prompt_run
 from harness.preflight import require_assets
 from harness.prompts import load_prompts
-from harness.prompts.layouts import detect_layout
 from harness.rundir import RUN_MANIFEST, run_dir_of
 
 

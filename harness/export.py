@@ -8,8 +8,9 @@ import json
 import shutil
 from pathlib import Path
 
+from harness import registry
 from harness.errors import HarnessError
-from harness.prompts.layouts import LAYOUTS, WRITERS
+from harness.metrics.layouts import LAYOUTS, WRITERS
 
 
 def export_run(run_dir: Path, layout: str, out: Path, root: Path | None = None,
@@ -33,7 +34,7 @@ def export_run(run_dir: Path, layout: str, out: Path, root: Path | None = None,
     out = Path(out)
     staging = out.with_name(f".{out.name}.export-tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    written = WRITERS[layout](images, labels, prompts, staging)
+    written = registry.load(WRITERS[layout])(images, labels, prompts, staging)
     if out.exists():
         foreign = sorted(str(p.relative_to(out)) for p in out.rglob("*") if not (staging / p.relative_to(out)).exists())
         if foreign and not overwrite:

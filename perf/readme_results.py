@@ -44,9 +44,9 @@ def provenance(command: str) -> dict[str, Any]:
 
 def detector_scores(seeds: tuple[int, ...] = DETECTOR_SEEDS) -> dict[str, Any]:
     """GenEval's rules with the world detector on one rendered scene per evaluation prompt, per drawing seed."""
-    from harness.metrics.geneval import summarize
+    from harness.metrics.geneval.rules import summarize
     from harness.testbed import scenes
-    from harness.metrics.detectors import build_detector
+    from harness.metrics.geneval.detectors import build_detector
     from harness.testbed.geneval_testbed import judge_images
 
     metas = scenes.evaluation_prompts()
@@ -78,8 +78,8 @@ def t2i_testbed(runs: Path, reports: Path, fresh: bool) -> dict[str, Any]:
     guided run's paired difference from the best CFG run (harness.testbed.t2i_gate's `--versus cfg`)."""
     import pandas as pd
 
-    from harness.metrics.geneval import paired_differences, read_results
-    from harness.metrics.t2i import RESULTS_FILE
+    from harness.metrics.geneval.rules import paired_differences, read_results
+    from harness.metrics.geneval.score import RESULTS_FILE
 
     suite = ROOT / "suites" / "t2i_testbed.toml"
     table = reports / "t2i_testbed" / "results.csv"

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.metrics.detectors import DETECTORS, build_detector
-from harness.metrics.detectors import mask2former as m2f
+from harness.metrics.geneval.detectors import DETECTORS, build_detector
+from harness.metrics.geneval.detectors import mask2former as m2f
 
 CLASSES = [f"class{i}" for i in range(5)]
 TINY_SWIN = dict(embed_dim=16, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4], window_size=4)

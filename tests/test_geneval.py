@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from harness.errors import HarnessError
-from harness.metrics.geneval import (
+from harness.metrics.geneval.rules import (
     Options, color_requests, judge, kept_objects, read_results, relative_position, result_record, summarize,
     write_results,
 )
@@ -196,7 +196,7 @@ def test_agrees_with_the_official_evaluate_image_on_random_cases():
 def test_scorer_runs_detector_colour_step_and_rules_end_to_end(tmp_path):
     from PIL import Image
 
-    from harness.metrics.geneval_score import build_geneval_scorer, load_image
+    from harness.metrics.geneval.image import build_geneval_scorer, load_image
 
     classes = ["cat", "dog", "car"]
     scorer = build_geneval_scorer(classes, random_weights=True)

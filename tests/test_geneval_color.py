@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from harness.errors import HarnessError
-from harness.metrics.geneval import COLORS, judge
-from harness.metrics.geneval_color import ColorClassifier, add_colors, object_crop
+from harness.metrics.geneval.rules import COLORS, judge
+from harness.metrics.geneval.color import ColorClassifier, add_colors, object_crop
 from harness.metrics.open_clip_models import TINY, load_open_clip
 
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from harness.errors import HarnessError
-from harness.metrics.hpsv3 import HPSv3Worker, metric_columns, read_prompt, summarize, worker_python
+from harness.metrics.hpsv3.score import HPSv3Worker, metric_columns, read_prompt, summarize, worker_python
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_official_backend_refuses_the_cpu_unless_forced_and_names_the_make_targe
 
 
 def test_official_worker_checks_its_weights_before_starting(tmp_path, monkeypatch):
-    from harness.metrics.hpsv3 import open_worker
+    from harness.metrics.hpsv3.score import open_worker
 
     monkeypatch.setenv("HARNESS_ASSETS", str(tmp_path))
     monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda *args, **kwargs: None)  # an empty cache

@@ -13,11 +13,13 @@ import torch
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.metrics import METRICS
-from harness.metrics.detectors.base import Detector
-from harness.metrics.geneval_score import GenEvalScorer
+from harness.metrics.geneval.detectors.base import Detector
+from harness.metrics.geneval.image import GenEvalScorer
+from harness.metrics.geneval.layout import read_geneval, write_geneval
+from harness.metrics.hpsv3.layout import read_hpsv3, write_hpsv3
+from harness.metrics.layouts import Sample, detect_layout
 from harness.metrics.t2i import evaluate_folder, score
 from harness.prompts import load_prompts
-from harness.prompts.layouts import Sample, detect_layout, read_geneval, read_hpsv3, write_geneval, write_hpsv3
 from harness.prompts.sets import PromptSet
 
 GENEVAL = load_prompts("geneval")

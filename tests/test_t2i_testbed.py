@@ -8,8 +8,8 @@ import torch
 
 from harness.errors import HarnessError
 from harness.guidance import GuidanceSpec, Schedule
-from harness.metrics.detectors import build_detector
-from harness.metrics.geneval import summarize
+from harness.metrics.geneval.detectors import build_detector
+from harness.metrics.geneval.rules import summarize
 from harness.models import build_model
 from harness.models.text_encoders import build_text_encoder
 from harness.prompts import load_prompts
@@ -172,7 +172,7 @@ def _records(correct: list[bool], tags: list[str]) -> list[dict]:
 
 
 def test_paired_differences_match_the_score_gap_and_pairing_narrows_the_interval():
-    from harness.metrics.geneval import paired_differences, summarize
+    from harness.metrics.geneval.rules import paired_differences, summarize
 
     rng = np.random.default_rng(0)
     tags = ["counting"] * 200 + ["colors"] * 200
@@ -194,7 +194,7 @@ def test_paired_differences_match_the_score_gap_and_pairing_narrows_the_interval
 def test_gate_and_versus_table_from_a_results_table(tmp_path):
     import pandas as pd
 
-    from harness.metrics.geneval import write_results
+    from harness.metrics.geneval.rules import write_results
     from harness.testbed.t2i_gate import gate, versus
 
     tags = ["counting", "colors"] * 50

@@ -61,7 +61,7 @@ class MetricSpec:
 
     Reference metrics (kind other than "prompt") are computed from features: `extractor` and `feature` say which,
     and scorer(spec, inputs: harness.metrics.scores.FeatureInputs) returns its metrics.json values. Prompt metrics
-    are scored from the images and their prompts: scorer(samples, prompts, out_dir, device, options) (see
+    are scored from the images and their prompts: scorer(samples, prompts, out_dir, device, options) (run by
     harness.metrics.t2i). A scorer may be a "module:function" string, imported on first use. `columns` are the
     metrics.json keys it writes ("prefix_*" for a family; default its name), which the report reads the
     direction of; `assets` are manifest entries it reads beyond its extractor's; `dry_options` replace the
@@ -251,14 +251,14 @@ register_metric(MetricSpec("cmmd", False, "clip", "pool", "cmmd", "CMMD: CLIP-sp
 # random-weight models: nothing is read from disk or downloaded.
 _RANDOM = {"random_weights": True}
 register_metric(MetricSpec("geneval", True, "", "", "prompt", "GenEval overall: mean of its six task scores",
-                           scorer="harness.metrics.t2i:score_geneval", columns=("geneval_*",),
+                           scorer="harness.metrics.geneval.score:score_geneval", columns=("geneval_*",),
                            assets=("mask2former-swin-s-coco", "clip-vit-l-14-openai"), dry_options=_RANDOM))
 register_metric(MetricSpec("geneval_testbed", True, "", "", "prompt",
                            "GenEval's rules on the text testbed (world detector, palette colours)",
                            scorer="harness.testbed.geneval_testbed:score_geneval_testbed",
                            columns=("geneval_testbed_*",)))
 register_metric(MetricSpec("hpsv3", True, "", "", "prompt", "HPSv3 reward: mean of the category means",
-                           scorer="harness.metrics.t2i:score_hpsv3", columns=("hpsv3_*",),
+                           scorer="harness.metrics.hpsv3.score:score_hpsv3", columns=("hpsv3_*",),
                            assets=("hpsv3", "qwen2-vl-7b-instruct"), dry_options=_RANDOM))
 register_metric(MetricSpec("clip_score", True, "", "", "prompt", "CLIP score: 100 x cosine, clipped at 0",
                            scorer="harness.metrics.t2i:score_clip", columns=("clip_score_model",),

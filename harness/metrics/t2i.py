@@ -1,14 +1,11 @@
 """Text-to-image metrics of a run or of a folder in an official layout: `geneval`, `hpsv3`, `clip_score`.
 
-Each scorer takes the samples (harness.prompts.layouts.Sample: filename in the official layout, prompt index,
+Each scorer takes the samples (harness.metrics.layouts.Sample: filename in the official layout, prompt index,
 image loader), their PromptSet, an output folder and its options, and returns metrics.json columns:
-- geneval: per image, a detector backend (harness.metrics.detectors) gives raw detections, the colour step
-  (harness.metrics.geneval_color) colours the objects the rules read, and `judge`'s rules decide; writes the
-  official results.jsonl and returns `geneval` (mean of the six task scores), `geneval_<task>`, and
-  `geneval_detector` (the backend that made them).
-- hpsv3: the images in HPSv3's layout (written under the output folder when they come from a run), scored by the
-  HPSv3 worker; `hpsv3` = mean of the category means as benchmark.py reports it, `hpsv3_<category>` each.
-- clip_score: harness.metrics.clip_score (open-clip, 100 x cosine clipped at 0), averaged over images.
+- geneval: harness.metrics.geneval.score (detector backend -> colour step -> GenEval's rules, results.jsonl).
+- hpsv3: harness.metrics.hpsv3.score (the images in HPSv3's layout, scored by the HPSv3 worker).
+- clip_score: harness.metrics.clip_score (open-clip, 100 x cosine clipped at 0), averaged over images; its scorer is
+  here.
 Options by metric name (`options["geneval"]`, ...) choose models; a dry run passes random ones.
 """
 
@@ -27,15 +24,12 @@ from harness import registry
 from harness.errors import HarnessError
 from harness.files import write_json
 from harness.metrics import METRICS, get_metric, is_prompt_metric
-from harness.prompts.layouts import (
-    READERS, Sample, detect_layout, folder_problems, geneval_name, hpsv3_name, per_prompt_positions, write_hpsv3,
-)
+from harness.metrics.geneval.layout import geneval_name
+from harness.metrics.hpsv3.layout import hpsv3_name
+from harness.metrics.hpsv3.score import score_hpsv3
+from harness.metrics.layouts import READERS, Sample, detect_layout, folder_problems, per_prompt_positions
 from harness.prompts.sets import PromptSet
 from harness.rundir import METRICS_FILE, list_shards
-
-RESULTS_FILE = "results.jsonl"  # GenEval's per-image results, official format
-HPSV3_FOLDER = "hpsv3"  # a run's images in HPSv3's layout, for the worker
-
 
 #################################################################################
 #                             Samples of a run                                  #
@@ -80,76 +74,6 @@ def run_samples(run_dir: Path, prompts: PromptSet, layout: str = "geneval") -> l
 #################################################################################
 
 
-def _needs_geneval_metadata(prompts: PromptSet) -> None:
-    bad = next((i for i, m in enumerate(prompts.metadata) if "tag" not in m or "include" not in m), None)
-    if bad is not None:
-        raise HarnessError(f"geneval needs GenEval metadata (tag, include) for every prompt; prompt {bad} of "
-                           f"{prompts.name!r} ({prompts.prompts[bad]!r}) has none")
-
-
-def geneval_scorer(device: torch.device, options: Mapping[str, Any]):
-    """harness.metrics.geneval_score's scorer: `scorer` given; tiny random models (`random_weights`); else GenEval's
-    setup from assets, with the official mmdet detector where mmdet is installed and transformers' Mask2Former
-    (the same checkpoint) otherwise, unless `detector` names one."""
-    import importlib.util
-
-    from harness.metrics.geneval_score import build_geneval_scorer
-    from harness.prompts.geneval import object_names
-
-    if options.get("scorer") is not None:
-        return options["scorer"]
-    detector = options.get("detector") or ("mmdet" if importlib.util.find_spec("mmdet") else "mask2former")
-    return build_geneval_scorer(object_names(), detector, device, options.get("checkpoint"),
-                                options.get("clip_weights"), bool(options.get("random_weights")))
-
-
-def score_geneval(samples: Sequence[Sample], prompts: PromptSet, out_dir: Path, device: torch.device,
-                  options: Mapping[str, Any]) -> dict[str, Any]:
-    """GenEval: results.jsonl in out_dir (official format plus the detector name) and the summary columns."""
-    from harness.metrics.geneval import summarize, write_results
-
-    _needs_geneval_metadata(prompts)
-    scorer = geneval_scorer(device, options)
-    records = [scorer(s.load(), prompts.metadata[s.prompt], s.filename) for s in samples]
-    write_results(records, Path(out_dir) / RESULTS_FILE)
-    return {**summarize(records), "geneval_detector": scorer.detector.name}
-
-
-def score_hpsv3(samples: Sequence[Sample], prompts: PromptSet, out_dir: Path, device: torch.device,
-                options: Mapping[str, Any], folder: Path | None = None) -> dict[str, Any]:
-    """HPSv3: mu per image from the worker (harness.metrics.hpsv3), summarised as benchmark.py does: `hpsv3` = the
-    unweighted mean of the category means, `hpsv3_<category>` each.
-
-    The worker reads files: images of a run are written in HPSv3's layout under out_dir/hpsv3 first (`folder`
-    is given when the samples already lie in that layout). `scorer` (called with image_paths=, prompts=) replaces
-    the worker; `random_weights` runs its tiny random-weight backend (dry runs)."""
-    from harness.metrics.hpsv3 import metric_columns, open_worker, summarize
-
-    if folder is None:
-        folder = Path(out_dir) / HPSV3_FOLDER
-        labels = np.array([s.prompt for s in samples], dtype=np.int64)
-        write_hpsv3((s.load() for s in samples), labels, prompts, folder)
-        paths = [folder / hpsv3_name(prompts, s.prompt, i) for i, s in enumerate(samples)]
-    else:
-        paths = [Path(folder) / s.filename for s in samples]
-    texts = [prompts.prompts[s.prompt] for s in samples]
-    scorer = options.get("scorer")
-    if scorer is None:
-        kind = "cpu" if device.type == "cpu" else "auto"
-        with open_worker(options.get("root"), kind, bool(options.get("force_cpu")),
-                         random_weights=bool(options.get("random_weights"))) as worker:
-            rewards = worker.score(image_paths=[str(p) for p in paths], prompts=texts)
-    else:
-        rewards = scorer(image_paths=[str(p) for p in paths], prompts=texts)
-    rewards = np.asarray(rewards, dtype=np.float64)
-    by_category: dict[str, list[float]] = {}
-    for sample, reward in zip(samples, rewards.tolist()):
-        by_category.setdefault(str(prompts.metadata[sample.prompt].get("category", "all")), []).append(reward)
-    records = [{"filename": s.filename, "prompt": t, "reward": r} for s, t, r in zip(samples, texts, rewards.tolist())]
-    _write_jsonl(Path(out_dir) / "hpsv3_scores.jsonl", records)
-    return metric_columns(summarize(by_category))
-
-
 def score_clip(samples: Sequence[Sample], prompts: PromptSet, out_dir: Path, device: torch.device,
                options: Mapping[str, Any]) -> dict[str, Any]:
     """Mean CLIP score (harness.metrics.clip_score) of the samples with their prompts: `scorer` given, else built
@@ -171,10 +95,6 @@ def score_clip(samples: Sequence[Sample], prompts: PromptSet, out_dir: Path, dev
 #################################################################################
 #                          Runs and external folders                            #
 #################################################################################
-
-
-def _write_jsonl(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 def _merge_metrics(path: Path, values: Mapping[str, Any]) -> None:
@@ -245,7 +165,7 @@ def evaluate_folder(folder: Path, names: Sequence[str], out_dir: Path | None = N
         raise HarnessError(f"{folder}: a sample folder is scored with {known}; not {', '.join(unknown)}")
     if "geneval" in names and layout != "geneval":
         raise HarnessError(f"{folder}: geneval needs GenEval's layout (<index:05>/metadata.jsonl), found {layout}'s")
-    prompts, samples = READERS[layout](folder)
+    prompts, samples = registry.load(READERS[layout])(folder)
     problems = folder_problems(folder, layout, samples)
     if problems and strict:
         raise HarnessError(f"{folder}: {'; '.join(problems)} (--strict)")

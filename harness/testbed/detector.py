@@ -22,7 +22,7 @@ from scipy import ndimage
 from torch import nn
 
 from harness.errors import HarnessError
-from harness.metrics.detectors import Detections, Detector, check_image
+from harness.metrics.geneval.detectors import Detections, Detector, check_image
 from harness.testbed import scenes
 
 CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "t2i_testbed_detector.safetensors"

@@ -1,4 +1,5 @@
-"""`geneval_testbed`: GenEval on the text-to-image testbed, scored by GenEval's own rules (harness.metrics.geneval).
+"""`geneval_testbed`: GenEval on the text-to-image testbed, scored by GenEval's own rules
+(harness.metrics.geneval.rules).
 
 The detector backend is the world detector (harness.testbed.detector) and the colour step names the palette colour
 of each object's pixels (standing in for GenEval's CLIP colour classifier). Columns: `geneval_testbed` (the mean of
@@ -43,15 +44,15 @@ def bootstrap_intervals(records: Sequence[Mapping[str, Any]], prefix: str = "gen
 
 
 def scorer(device: str | torch.device = "cpu", weights: str | None = None):
-    """GenEval's per-image scorer (harness.metrics.geneval_score) with the world detector and palette colours."""
-    from harness.metrics.geneval_score import GenEvalScorer
+    """GenEval's per-image scorer (harness.metrics.geneval.image) with the world detector and palette colours."""
+    from harness.metrics.geneval.image import GenEvalScorer
 
     return GenEvalScorer(WorldDetector(weights, device=device), palette_colors)
 
 
 def judge_images(images: np.ndarray, metadata: Sequence[Mapping[str, Any]], detector: WorldDetector) -> list[dict]:
     """GenEval result records of uint8 images (B, H, W, 3) against their prompts' metadata (one each)."""
-    from harness.metrics.geneval_score import GenEvalScorer
+    from harness.metrics.geneval.image import GenEvalScorer
 
     score = GenEvalScorer(detector, palette_colors)
     return [score(image, meta, f"{i:05}.png") for i, (image, meta) in enumerate(zip(images, metadata))]
@@ -61,8 +62,8 @@ def score_geneval_testbed(samples, prompts, out_dir: Path, device: torch.device,
                           options: Mapping[str, Any]) -> dict[str, Any]:
     """GenEval's scoring with the world detector and palette colours; columns renamed geneval -> geneval_testbed.
     Option `weights`: another shape classifier file."""
-    from harness.metrics.geneval import read_results
-    from harness.metrics.t2i import RESULTS_FILE, score_geneval
+    from harness.metrics.geneval.rules import read_results
+    from harness.metrics.geneval.score import RESULTS_FILE, score_geneval
 
     unknown = set(options) - {"weights"}
     if unknown:

@@ -13,7 +13,7 @@ rules.
 
 `--versus METHOD` also prints every other guided run against the best run of METHOD, task by task: the paired
 difference of GenEval-testbed scores over the same prompts and seeds with its 95% bootstrap interval
-(harness.metrics.geneval.paired_differences), and the cost ratios (GFLOPs, measured img/s).
+(harness.metrics.geneval.rules.paired_differences), and the cost ratios (GFLOPs, measured img/s).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.metrics.geneval import summarize
+from harness.metrics.geneval.rules import summarize
 from harness.testbed import scenes
 from harness.testbed.detector import WorldDetector
 from harness.testbed.geneval_testbed import bootstrap_intervals, judge_images
@@ -72,8 +72,8 @@ def gate(results: pd.DataFrame, floor: dict[str, float]) -> dict:
 
 def versus(results: pd.DataFrame, runs_root: Path, method: str = "cfg", metric: str = "geneval_testbed") -> str:
     """Markdown table: each guided run minus the best `method` run on every task (paired, with intervals)."""
-    from harness.metrics.geneval import paired_differences, read_results
-    from harness.metrics.t2i import RESULTS_FILE
+    from harness.metrics.geneval.rules import paired_differences, read_results
+    from harness.metrics.geneval.score import RESULTS_FILE
 
     rows = results.set_index("run")
     candidates = rows[rows["method"] == method]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.metrics.detectors.base import Detections, Detector, check_image
+from harness.metrics.geneval.detectors.base import Detections, Detector, check_image
 
 CONFIG = "configs/mask2former/mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.py"
 

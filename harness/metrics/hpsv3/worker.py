@@ -1,7 +1,7 @@
 """HPSv3 scoring worker: runs in its own environment (`make hpsv3-env` -> .venv-hpsv3, transformers 4.45.2 as the
 hpsv3 package pins it) and talks JSON lines over stdin/stdout. It imports nothing from the harness.
 
-    python hpsv3_worker.py --backend hpsv3 --device cuda [--checkpoint HPSv3.safetensors] [--base Qwen2-VL-7B-Instruct]
+    python worker.py --backend hpsv3 --device cuda [--checkpoint HPSv3.safetensors] [--base Qwen2-VL-7B-Instruct]
     <- {"ready": true, "backend": ..., "device": ..., "dtype": ...}   (or {"error": ...} and exit status 2)
     -> {"images": ["a.png", ...], "prompts": ["...", ...]}
     <- {"scores": [mu, ...]}                                           (or {"error": ...}; the worker keeps going)
@@ -23,7 +23,8 @@ import sys
 import tempfile
 import traceback
 
-# Run as a script, this file's folder is sys.path[0], where the harness's own hpsv3.py would shadow the package.
+# Run as a script, this file's folder is sys.path[0], where the harness's own modules (layout.py, score.py) would
+# shadow installed packages of the same name.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 

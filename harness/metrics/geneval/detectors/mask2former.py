@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import HarnessError
-from harness.metrics.detectors.base import Detections, Detector, check_image
+from harness.metrics.geneval.detectors.base import Detections, Detector, check_image
 
 CHECKPOINT = "mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth"
 ASSET = "mask2former-swin-s-coco"

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from harness.metrics.geneval import COLORS, DEFAULTS, Options, color_requests
+from harness.metrics.geneval.rules import COLORS, DEFAULTS, Options, color_requests
 
 CLIP_ARCH = "ViT-L-14"
 CLIP_PRETRAINED = "openai"

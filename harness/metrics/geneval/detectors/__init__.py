@@ -8,13 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 from harness import registry
-from harness.metrics.detectors.base import Detections, Detector, check_image
+from harness.metrics.geneval.detectors.base import Detections, Detector, check_image
 
 __all__ = ["DETECTORS", "Detections", "Detector", "build_detector", "check_image"]
 
 DETECTORS: dict[str, str] = {
-    "mask2former": "harness.metrics.detectors.mask2former:build",  # mmdet's checkpoint in transformers, no mmcv
-    "mmdet": "harness.metrics.detectors.mmdet:build",  # the official stack, where installed
+    "mask2former": "harness.metrics.geneval.detectors.mask2former:build",  # mmdet's checkpoint in transformers, no mmcv
+    "mmdet": "harness.metrics.geneval.detectors.mmdet:build",  # the official stack, where installed
 }
 DETECTORS["testbed"] = "harness.testbed.detector:WorldDetector"  # the text-to-image testbed's world detector
 

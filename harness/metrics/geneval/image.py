@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.metrics.detectors import Detector, build_detector
-from harness.metrics.geneval import DEFAULTS, Options, result_record
-from harness.metrics.geneval_color import add_colors, build_color_classifier
+from harness.metrics.geneval.color import add_colors, build_color_classifier
+from harness.metrics.geneval.detectors import Detector, build_detector
+from harness.metrics.geneval.rules import DEFAULTS, Options, result_record
 
 # Small random-weight parts for dry runs: the pipeline runs end to end, the numbers mean nothing.
 TINY_SWIN = dict(embed_dim=16, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4], window_size=4)
@@ -48,8 +48,8 @@ def build_geneval_scorer(classnames: Sequence[str], detector: str = "mask2former
     """The official setup (Mask2Former Swin-S + CLIP ViT-L-14/openai) from assets, or tiny random-weight stand-ins
     of both (random_weights=True: dry runs)."""
     if random_weights:
-        from harness.metrics.detectors.mask2former import Mask2FormerDetector, build_model
-        from harness.metrics.geneval_color import ColorClassifier
+        from harness.metrics.geneval.color import ColorClassifier
+        from harness.metrics.geneval.detectors.mask2former import Mask2FormerDetector, build_model
         from harness.metrics.open_clip_models import TINY, TINY_ARCH, load_open_clip
 
         generator_state = torch.random.get_rng_state()

@@ -1,7 +1,7 @@
-"""HPSv3 scores through the official hpsv3 package, run by a worker process in its own environment.
+"""The `hpsv3` metric: HPSv3 scores through the official hpsv3 package, run by a worker process in its own environment.
 
 hpsv3 pins transformers 4.45.2, so it lives in .venv-hpsv3 (`make hpsv3-env`) and the harness talks to
-harness/metrics/hpsv3_worker.py over JSON lines; the main environment is never downgraded. The summary is the
+harness/metrics/hpsv3/worker.py over JSON lines; the main environment is never downgraded. The summary is the
 official evaluate/benchmark.py's: per category count / mean / std / min / max, and OVERALL with the unweighted mean
 (and std) of the category means.
 """
@@ -15,13 +15,20 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from harness.errors import HarnessError
+from harness.metrics.hpsv3.layout import hpsv3_name, write_hpsv3
+from harness.metrics.layouts import Sample
+from harness.prompts.sets import PromptSet
 
-WORKER = Path(__file__).with_name("hpsv3_worker.py")
+HPSV3_FOLDER = "hpsv3"  # a run's images in HPSv3's layout, for the worker
+
+WORKER = Path(__file__).with_name("worker.py")
 VENV = ".venv-hpsv3"
 PYTHON_ENV = "HARNESS_HPSV3_PYTHON"
 
@@ -174,3 +181,39 @@ def metric_columns(stats: Mapping[str, Mapping[str, float]]) -> dict[str, float]
             columns[f"hpsv3_{category.lower().replace(' ', '_')}"] = stat["mean"]
     return columns
 
+
+def score_hpsv3(samples: Sequence[Sample], prompts: PromptSet, out_dir: Path, device: torch.device,
+                options: Mapping[str, Any], folder: Path | None = None) -> dict[str, Any]:
+    """HPSv3: mu per image from the worker (open_worker), summarised as benchmark.py does: `hpsv3` = the
+    unweighted mean of the category means, `hpsv3_<category>` each.
+
+    The worker reads files: images of a run are written in HPSv3's layout under out_dir/hpsv3 first (`folder`
+    is given when the samples already lie in that layout). `scorer` (called with image_paths=, prompts=) replaces
+    the worker; `random_weights` runs its tiny random-weight backend (dry runs)."""
+    if folder is None:
+        folder = Path(out_dir) / HPSV3_FOLDER
+        labels = np.array([s.prompt for s in samples], dtype=np.int64)
+        write_hpsv3((s.load() for s in samples), labels, prompts, folder)
+        paths = [folder / hpsv3_name(prompts, s.prompt, i) for i, s in enumerate(samples)]
+    else:
+        paths = [Path(folder) / s.filename for s in samples]
+    texts = [prompts.prompts[s.prompt] for s in samples]
+    scorer = options.get("scorer")
+    if scorer is None:
+        kind = "cpu" if device.type == "cpu" else "auto"
+        with open_worker(options.get("root"), kind, bool(options.get("force_cpu")),
+                         random_weights=bool(options.get("random_weights"))) as worker:
+            rewards = worker.score(image_paths=[str(p) for p in paths], prompts=texts)
+    else:
+        rewards = scorer(image_paths=[str(p) for p in paths], prompts=texts)
+    rewards = np.asarray(rewards, dtype=np.float64)
+    by_category: dict[str, list[float]] = {}
+    for sample, reward in zip(samples, rewards.tolist()):
+        by_category.setdefault(str(prompts.metadata[sample.prompt].get("category", "all")), []).append(reward)
+    records = [{"filename": s.filename, "prompt": t, "reward": r} for s, t, r in zip(samples, texts, rewards.tolist())]
+    _write_jsonl(Path(out_dir) / "hpsv3_scores.jsonl", records)
+    return metric_columns(summarize(by_category))
+
+
+def _write_jsonl(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
