@@ -26,7 +26,7 @@ from harness.suite.plan import TOTAL_ROW, add_plan_parser, format_plan, plan_tab
 from harness.sampling import GuidedDenoiser, SamplerSpec, draw_labels, draw_noise, make_generators, sample
 from harness.suite import load_suite
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 XL_ROUTING = ModelSpec("SiT-XL/2", sparsity="routing", route=(2, 24))
 
 

@@ -20,7 +20,7 @@ from harness.generate import claims as claims_mod
 from harness.generate.claims import Claims, check_folder, create, locked, owner
 from harness.rundir import TIMING_FILE
 
-from test_runner import RUN, images_by_index, random_checkpoint, run_dir, write_suite
+from tests.helpers import RUN, images_by_index, random_checkpoint, run_dir, write_generation_suite
 
 
 def foreign_claim(folder: Path, first: int, age: float = 0.0, **fields) -> Path:
@@ -163,9 +163,9 @@ def test_two_generate_processes_split_a_run_and_make_no_image_twice(tmp_path):
     weights = random_checkpoint(tmp_path / "w.safetensors")
     out = tmp_path / "runs"
     samples, batch = 12, 2
-    suite = write_suite(tmp_path, weights, samples=samples, batch_size=batch)
+    suite = write_generation_suite(tmp_path, weights, samples=samples, batch_size=batch)
     cmd = [sys.executable, "-m", "harness", "generate", str(suite), "--out", str(out), "--device", "cpu"]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
     a = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     claims_dir = run_dir(out) / claims_mod.CLAIMS_DIR
     deadline = time.monotonic() + 120
@@ -210,7 +210,7 @@ def test_done_records_spare_rereading_until_a_shard_changes(tmp_path, monkeypatc
     from harness.suite import load_suite
 
     monkeypatch.setattr(claims_mod, "MAX_UNITS", 1)  # one unit of two shards
-    suite = load_suite(write_suite(tmp_path, random_checkpoint(tmp_path / "w.safetensors"), samples=4,
+    suite = load_suite(write_generation_suite(tmp_path, random_checkpoint(tmp_path / "w.safetensors"), samples=4,
                                    batch_size=2), root=tmp_path)
     out = tmp_path / "runs"
     (partial,) = generate_suite(suite, runs_root=out, device="cpu", upto=2)

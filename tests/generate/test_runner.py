@@ -26,84 +26,8 @@ from harness.generate.claims import MAX_UNITS, plan_units
 from harness.generate.runner import balanced_labels, plan_shards
 from harness.rundir import ADM_NPZ, RUN_MANIFEST, read_samples, shard_is_valid, shard_path
 from harness.suite import load_suite
-
-RUN = "cfgsg"
-
-
-def random_checkpoint(path: Path, nan: bool = False) -> Path:
-    """Testbed-XS/4 weights drawn at random, all non-zero (the adaLN-Zero init alone predicts zero velocity, which
-    would make every sampler, guidance and batch size give the initial noise back); `nan` poisons the output."""
-    from safetensors.torch import save_file
-
-    from harness.models import ModelSpec
-    from harness.models.dit import SparseDiT
-
-    config, _ = ModelSpec("Testbed-XS/4", sparsity="routing", route=(1, 2)).config()
-    gen = torch.Generator().manual_seed(0)
-    state = {k: torch.randn(v.shape, generator=gen) * 0.1 for k, v in SparseDiT(config).state_dict().items()}
-    if nan:
-        state["final_layer.linear.bias"][0] = float("nan")
-    save_file(state, str(path))
-    return path
-
-
-def suite_text(checkpoint: Path, samples: int = 12, batch_size: int = 4, steps: int = 2,
-               labels: str = "uniform") -> str:
-    """A one-run suite (CFG+SG: null condition and per-image token selections, so every random draw is used)."""
-    return f"""\
-[suite]
-name = "rt"
-samples = {samples}
-batch_size = {batch_size}
-seed = 7
-labels = "{labels}"
-
-[sampler]
-steps = {steps}
-
-[models.main]
-arch = "Testbed-XS/4"
-checkpoint = "{checkpoint}"
-sparsity = "routing"
-route = [1, 2]
-
-[[runs]]
-name = "{RUN}"
-method = "cfg+sg"
-gamma_strong = 0.25
-gamma_weak = 0.5
-omega = 2.0
-"""
-
-
-def write_suite(folder: Path, checkpoint: Path, **kw) -> Path:
-    path = folder / "suite.toml"
-    path.write_text(suite_text(checkpoint, **kw))
-    return path
-
-
-def run_dir(out: Path) -> Path:
-    return out / "rt" / RUN
-
-
-def shards(out: Path) -> dict[str, dict[str, np.ndarray]]:
-    """Every shard of the run: file name -> its arrays."""
-    result = {}
-    for p in sorted(run_dir(out).glob("samples-*.npz")):
-        with np.load(p) as data:
-            result[p.name] = {k: data[k] for k in data.files}
-    return result
-
-
-def images_by_index(out: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(indices, images, labels) over all shards, checking that no index is duplicated."""
-    parts = list(shards(out).values())
-    indices = np.concatenate([p["indices"] for p in parts])
-    assert len(np.unique(indices)) == len(indices), "an image index appears twice"
-    order = np.argsort(indices)
-    return (indices[order], np.concatenate([p["arr_0"] for p in parts])[order],
-            np.concatenate([p["labels"] for p in parts])[order])
-
+from tests.helpers import (RUN, generation_suite, images_by_index, random_checkpoint, run_dir, shards,
+                           write_generation_suite)
 
 def assert_same_samples(out: Path, ref: Path, n: int) -> None:
     indices, images, labels = images_by_index(out)
@@ -128,7 +52,7 @@ def weights(tmp_path_factory) -> Path:
 def reference(tmp_path_factory, weights) -> Path:
     """An uninterrupted single-process run: 12 images, batch size 4 (3 shards), with the ADM npz."""
     folder = tmp_path_factory.mktemp("reference")
-    suite = load_suite(write_suite(folder, weights), root=folder)
+    suite = load_suite(write_generation_suite(folder, weights), root=folder)
     results = generate_suite(suite, runs_root=folder / "runs", device="cpu", adm_npz=True)
     assert [(r.generated, r.kept) for r in results] == [(12, 0)]
     return folder / "runs"
@@ -165,14 +89,14 @@ def test_shard_plan_and_claim_units():
 
 
 def test_batch_size_4_vs_9_same_samples(reference, weights, tmp_path):
-    suite = load_suite(write_suite(tmp_path, weights, batch_size=9), root=tmp_path)
+    suite = load_suite(write_generation_suite(tmp_path, weights, batch_size=9), root=tmp_path)
     generate_suite(suite, runs_root=tmp_path / "runs", device="cpu")
     assert list(shards(tmp_path / "runs")) == ["samples-000000.npz", "samples-000009.npz"]
     assert_same_samples(tmp_path / "runs", reference, 12)
 
 
 def test_sigkill_then_rerun_gives_the_uninterrupted_samples(reference, weights, tmp_path):
-    path = write_suite(tmp_path, weights)
+    path = write_generation_suite(tmp_path, weights)
     out = tmp_path / "runs"
     cmd = [sys.executable, "-m", "harness", "generate", str(path), "--out", str(out), "--device", "cpu"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -190,7 +114,7 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_samples(reference, weights, 
 
 
 def test_torchrun_two_processes_same_shards_as_one(reference, weights, tmp_path):
-    path = write_suite(tmp_path, weights)
+    path = write_generation_suite(tmp_path, weights)
     out = tmp_path / "runs"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            "-m", "harness", "generate", str(path), "--out", str(out), "--device", "cpu"]
@@ -252,7 +176,7 @@ def test_retrained_checkpoint_at_the_same_path_stops_with_message(tmp_path, caps
     from safetensors.torch import load_file, save_file
 
     ckpt = random_checkpoint(tmp_path / "w.safetensors")
-    path, out = write_suite(tmp_path, ckpt, samples=4), tmp_path / "runs"
+    path, out = write_generation_suite(tmp_path, ckpt, samples=4), tmp_path / "runs"
     assert main(["generate", str(path), "--out", str(out)]) == 0
     assert main(["generate", str(path), "--out", str(out)]) == 0  # unchanged weights resume
     before = shards(out)
@@ -267,7 +191,7 @@ def test_retrained_checkpoint_at_the_same_path_stops_with_message(tmp_path, caps
 def test_a_failed_load_does_not_pin_the_checkpoint(tmp_path, capsys):
     ckpt = tmp_path / "w.safetensors"
     ckpt.write_bytes(b"not weights")
-    path, out = write_suite(tmp_path, ckpt, samples=4), tmp_path / "runs"
+    path, out = write_generation_suite(tmp_path, ckpt, samples=4), tmp_path / "runs"
     assert main(["generate", str(path), "--out", str(out)]) == 2  # unreadable: no image made
     assert json.loads((run_dir(out) / "manifest.json").read_text())["weights_sha256"] == {}
     random_checkpoint(ckpt)  # the user fixes the file
@@ -291,7 +215,7 @@ def test_more_samples_extends_fewer_stops(reference, tmp_path, capsys):
 
 def test_nan_sample_stops_run_naming_run_and_indices(tmp_path):
     nan = random_checkpoint(tmp_path / "nan.safetensors", nan=True)
-    suite = load_suite(write_suite(tmp_path, nan, samples=6, batch_size=4, steps=2), root=tmp_path)
+    suite = load_suite(write_generation_suite(tmp_path, nan, samples=6, batch_size=4, steps=2), root=tmp_path)
     with pytest.raises(HarnessError, match=rf"run '{RUN}': NaN or Inf .* image indices \[0, 1, 2, 3\]"):
         generate_suite(suite, runs_root=tmp_path / "runs", device="cpu")
     assert not list(run_dir(tmp_path / "runs").glob("samples-*.npz"))
@@ -302,7 +226,7 @@ def test_balanced_labels(weights, tmp_path):
     assert sorted(np.bincount(labels, minlength=8)) == [2] * 4 + [3] * 4  # equal up to the remainder
     assert np.array_equal(labels, balanced_labels(20, 8, seed=7))
     assert not np.array_equal(labels, balanced_labels(20, 8, seed=8))
-    suite = load_suite(write_suite(tmp_path, weights, samples=16, steps=2, labels="balanced"), root=tmp_path)
+    suite = load_suite(write_generation_suite(tmp_path, weights, samples=16, steps=2, labels="balanced"), root=tmp_path)
     generate_suite(suite, runs_root=tmp_path / "runs", device="cpu")
     _, got = read_samples(run_dir(tmp_path / "runs"))
     classes = ARCHS["Testbed-XS/4"]["num_classes"]
@@ -323,7 +247,7 @@ def test_cost_json_takes_throughput_from_the_generation_and_times_only_resumed_r
     from harness.rundir import COST_FILE as COST
     from harness.rundir import TIMING_FILE as TIMING
 
-    suite = load_suite(write_suite(tmp_path, weights, samples=14, batch_size=4), root=tmp_path)
+    suite = load_suite(write_generation_suite(tmp_path, weights, samples=14, batch_size=4), root=tmp_path)
     out = tmp_path / "runs"
     generate_suite(suite, runs_root=out, device="cpu")
     timing = json.loads((run_dir(out) / TIMING).read_text())
@@ -352,12 +276,11 @@ def test_cost_json_takes_throughput_from_the_generation_and_times_only_resumed_r
 
 
 def test_precision_is_recorded_and_hashed_and_bf16_samples_differ_slightly(weights, tmp_path):
-    fp32 = load_suite(write_suite(tmp_path, weights, samples=4), root=tmp_path).runs[0]
-    text = suite_text(weights, samples=4).replace('omega = 2.0\n', 'omega = 2.0\nprecision = "bf16"\n')
+    fp32 = load_suite(write_generation_suite(tmp_path, weights, samples=4), root=tmp_path).runs[0]
+    text = generation_suite(weights, samples=4, run={"precision": "bf16"})
     (tmp_path / "bf16.toml").write_text(text)
     bf16 = load_suite(tmp_path / "bf16.toml", root=tmp_path).runs[0]
-    (tmp_path / "explicit.toml").write_text(suite_text(weights, samples=4).replace('seed = 7\n',
-                                                                                    'seed = 7\nprecision = "fp32"\n'))
+    (tmp_path / "explicit.toml").write_text(generation_suite(weights, samples=4, suite={"precision": "fp32"}))
     explicit = load_suite(tmp_path / "explicit.toml", root=tmp_path).runs[0]
     assert (fp32.precision, bf16.precision) == ("fp32", "bf16") and bf16.config["run"]["precision"] == "bf16"
     assert bf16.config_hash != fp32.config_hash == explicit.config_hash
@@ -375,7 +298,7 @@ def test_precision_is_recorded_and_hashed_and_bf16_samples_differ_slightly(weigh
     diff = np.abs(a.astype(int) - b.astype(int))
     assert 0 < diff.mean() < 8  # bf16 autocast ran (not bit-identical) on the same samples (close)
     with pytest.raises(HarnessError, match="precision"):
-        (tmp_path / "bad.toml").write_text(text.replace('"bf16"', '"fp16"'))
+        (tmp_path / "bad.toml").write_text(generation_suite(weights, samples=4, run={"precision": "fp16"}))
         load_suite(tmp_path / "bad.toml", root=tmp_path)
 
 
@@ -387,7 +310,7 @@ def test_compile_is_applied_and_its_time_reported_apart(weights, tmp_path, monke
     from harness.rundir import TIMING_FILE as TIMING
 
     monkeypatch.setattr(harness.numerics, "COMPILE_BACKEND", "eager")  # inductor's C++ build takes minutes here
-    text = suite_text(weights, samples=12).replace('seed = 7\n', 'seed = 7\ncompile = true\n')
+    text = generation_suite(weights, samples=12, suite={"compile": True})
     (tmp_path / "suite.toml").write_text(text)
     suite = load_suite(tmp_path / "suite.toml", root=tmp_path)
     assert suite.runs[0].compile and suite.runs[0].config["run"]["compile"] is True
@@ -407,12 +330,7 @@ def test_compile_is_applied_and_its_time_reported_apart(weights, tmp_path, monke
 def test_a_single_process_interleaves_runs_batch_by_batch_with_the_same_images(weights, tmp_path, monkeypatch):
     import harness.generate.runner
 
-    text = suite_text(weights, samples=8, batch_size=4) + """
-[[runs]]
-name = "plain"
-method = "cfg"
-omega = 1.5
-"""
+    text = generation_suite(weights, samples=8, batch_size=4, more_runs=[{"name": "plain", "method": "cfg", "omega": 1.5}])
     (tmp_path / "two.toml").write_text(text)
     suite = load_suite(tmp_path / "two.toml", root=tmp_path)
     order = []

@@ -23,7 +23,7 @@ from harness.rundir import TIMING_FILE
 from harness.status import LAUNCH_RECORD
 from harness.suite import load_suite
 
-from test_runner import RUN, images_by_index, random_checkpoint, run_dir, write_suite
+from tests.helpers import RUN, images_by_index, random_checkpoint, run_dir, write_generation_suite
 
 pytest.importorskip("submitit")
 
@@ -35,13 +35,13 @@ KILL_STEPS = 24
 def setup(tmp_path_factory) -> tuple[Path, Path]:
     """(suite path, reference runs folder made by one plain generate process)."""
     folder = tmp_path_factory.mktemp("launch")
-    suite = write_suite(folder, random_checkpoint(folder / "w.safetensors"), samples=SAMPLES, batch_size=BATCH)
+    suite = write_generation_suite(folder, random_checkpoint(folder / "w.safetensors"), samples=SAMPLES, batch_size=BATCH)
     generate_suite(load_suite(suite, root=folder), runs_root=folder / "ref", device="cpu")
     return suite, folder / "ref"
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
 
 
 def wait_for(condition, what: str, timeout: float = 240) -> None:

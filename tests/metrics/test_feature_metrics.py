@@ -29,7 +29,7 @@ from harness.metrics.frechet import (
 )
 from harness.suite import load_suite
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------- fd_dinov2: EDM2's preprocessing

@@ -185,7 +185,7 @@ def test_agrees_with_the_official_evaluate_image_on_random_cases():
     (djghosh13/geneval af4902f, mmdet and CLIP stubbed out, colours given), with its verdicts, reasons and details."""
     from pathlib import Path
 
-    cases = json.loads((Path(__file__).parent / "fixtures" / "geneval_official_cases.json").read_text())["cases"]
+    cases = json.loads((Path(__file__).parents[1] / "fixtures" / "geneval_official_cases.json").read_text())["cases"]
     assert len(cases) >= 100 and 0 < sum(c["correct"] for c in cases) < len(cases)
     for case in cases:
         record = result_record("x.png", case["metadata"], case["detections"])

@@ -155,9 +155,9 @@ def test_hpsv3_env_installs_every_module_the_package_imports():
     import re
     from pathlib import Path
 
-    fixture = json.loads((Path(__file__).parent / "fixtures" / "hpsv3-1.0.0-imports.json").read_text())
+    fixture = json.loads((Path(__file__).parents[1] / "fixtures" / "hpsv3-1.0.0-imports.json").read_text())
     declared = {re.split(r"[<>=!~ ;\[]", r)[0].lower() for r in fixture["requires_dist"]}
-    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
+    makefile = (Path(__file__).parents[2] / "Makefile").read_text()
     line = re.search(r"^HPSV3_PACKAGES \?= (.*)$", makefile, re.MULTILINE)
     assert line and "$(HPSV3_VENV)/bin/pip install $(HPSV3_PACKAGES)" in makefile
     installed = {re.split(r"[<>=!~ ]", p.strip('"'))[0].lower() for p in line.group(1).split()}

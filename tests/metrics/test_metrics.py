@@ -423,7 +423,7 @@ def test_missing_weights_offline_is_one_clear_error(tmp_path: Path, monkeypatch:
 
 
 def test_golden_adm_imagenet256() -> None:
-    assets = Path(os.environ.get("HARNESS_ASSETS", Path(__file__).resolve().parents[1] / "assets"))
+    assets = Path(os.environ.get("HARNESS_ASSETS", Path(__file__).resolve().parents[2] / "assets"))
     ref, sample = assets / "VIRTUAL_imagenet256_labeled.npz", assets / "admnet_guided_upsampled_imagenet256.npz"
     missing = [str(p) for p in (ref, sample) if not p.is_file()]
     if missing:

@@ -154,7 +154,7 @@ def test_t2i_metrics_are_registered_without_a_reference():
 @pytest.mark.parametrize("suite", ["imagenet256", "imagenet256_ablation", "sit_xl2_reference", "testbed", "geneval",
                                    "hpsv3"])
 def test_paper_tables_before_any_run(tmp_path, suite, monkeypatch):
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     monkeypatch.chdir(root)
     assert main(["report", f"suites/{suite}.toml", "--paper", "--runs-dir", str(tmp_path / "runs"),
                  "--reports-dir", str(tmp_path / "reports")]) == 0

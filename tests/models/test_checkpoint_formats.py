@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from conftest import suite_text
+from tests.helpers import suite_text
 from harness.errors import HarnessError
 from harness.models import ModelSpec, build_model, randomize_weights
 from harness.models.ckpt_files import read_checkpoint

@@ -25,7 +25,7 @@ from harness.models import (ARCHS, FlowModel, MaskDiT, MaskDiTConfig, ModelSpec,
 from harness.models.tokens import dropped_pixels
 from harness.sampling import GuidedDenoiser, SamplerSpec, make_generators, sample
 
-FIXTURE = Path(__file__).parent / "fixtures" / "maskdit"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "maskdit"
 
 
 def recipe_value(index: int, shape: list[int]) -> torch.Tensor:

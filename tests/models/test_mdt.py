@@ -21,7 +21,7 @@ from harness.guidance import GuidanceSpec, Schedule, power_cosine_scale
 from harness.models import ARCHS, ModelSpec, build_model
 from harness.sampling import GuidedDenoiser, make_generators
 
-FIXTURE = Path(__file__).parent / "fixtures" / "mdt"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "mdt"
 sys.path.insert(0, str(FIXTURE))
 from make_fixture import CONFIG, fill  # the fixture's own recipe, shared with the test
 
@@ -131,7 +131,7 @@ def test_power_cosine_guidance_weight_schedule_follows_the_ddpm_step():
 def test_mdt_suite_plans_its_official_cfg_and_sparse_runs():
     from harness.suite import load_suite
 
-    suite = load_suite(Path(__file__).parents[1] / "suites" / "mdt256.toml")
+    suite = load_suite(Path(__file__).parents[2] / "suites" / "mdt256.toml")
     runs = {r.run_id: r for r in suite.runs}
     cfg = next(r for r in runs.values() if r.method == "cfg" and r.guidance.omega_power is not None)
     assert cfg.guidance.omega == 3.8 and cfg.guidance.omega_power == 4.0 and cfg.guidance.cfg_channels == 3
@@ -161,7 +161,7 @@ def test_inspect_finds_mdt_trained_with_another_decode_layer(tmp_path, capsys):
 def test_mdt_suite_dry_runs_its_scheduled_cfg_and_masked_sg(tmp_path):
     from harness.cli import main
 
-    suite = Path(__file__).parents[1] / "suites" / "mdt256.toml"
+    suite = Path(__file__).parents[2] / "suites" / "mdt256.toml"
     assert main(["generate", str(suite), "--dry-run", "--dry-run-arch", "MDTv2-S/2", "--only",
                  "release_cfg|sg-gs0.1-gw0.5-omega2", "--samples", "4", "--steps", "2", "--out", str(tmp_path)]) == 0
     runs = tmp_path / "mdt256-dryrun"

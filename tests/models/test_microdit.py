@@ -12,7 +12,7 @@ from harness.models import ModelSpec, family_of, load_checkpoint
 from harness.models.adapters import FlowModel, PromptConditions, TextCondition
 from harness.models.tokens import select_tokens
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 STATE = FIXTURES / "microdit_test_state.safetensors"  # upstream DiT(**microdit_test.json) state dict, random weights
 
 

@@ -140,10 +140,10 @@ KERNEL_ENVS = [
 
 @pytest.mark.parametrize("env", KERNEL_ENVS, ids=lambda e: "-".join(f"{k}={v}" for k, v in e.items()))
 def test_batch_invariance_holds_under_other_blas_kernels(env):
-    code = ("import sys; sys.path.insert(0, 'tests'); from test_models import _batchings_agree; "
+    code = ("from tests.models.test_models import _batchings_agree; "
             "_batchings_agree('routing'); _batchings_agree('masking')")
     done = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
-                          cwd=Path(__file__).parent.parent, timeout=300)
+                          cwd=Path(__file__).parents[2], timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
 

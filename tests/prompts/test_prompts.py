@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import suite_text
+from tests.helpers import suite_text
 from harness.cli import build_parser, cmd_bench, main
 from harness.errors import HarnessError
 from harness.prompts import load_prompts, read_prompt_file
@@ -200,7 +200,7 @@ def test_prompt_run_same_images_with_two_processes(reference, checkpoint, tmp_pa
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
            "-m", "harness", "generate", str(path), "--out", str(tmp_path / "runs"), "--device", "cpu"]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # this checkout's harness
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # this checkout's harness
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for got, want in zip(run_arrays(tmp_path / "runs"), run_arrays(reference)):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from harness.report import write_report
-from html_report_fixture import synth_suite
+from tests.report.html_report_fixture import synth_suite
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -27,7 +27,7 @@ from harness.search.policy import (
 )
 from harness.suite import load_suite
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "search"
 
 

@@ -12,7 +12,7 @@ from harness.cli import main
 from harness.report.baselines import load_baseline_table
 from harness.suite import load_suite
 
-SUITES = Path(__file__).resolve().parents[1] / "suites"
+SUITES = Path(__file__).resolve().parents[2] / "suites"
 NAMES = ("imagenet256", "imagenet256_ablation", "sit_xl2_reference")
 
 

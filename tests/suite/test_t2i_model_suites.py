@@ -11,7 +11,7 @@ from harness.cost.flops import run_cost
 from harness.suite import load_suite
 
 pytest.importorskip("diffusers")
-SUITES = Path(__file__).resolve().parents[1] / "suites"
+SUITES = Path(__file__).resolve().parents[2] / "suites"
 
 
 def costs(name, *run_ids):
