@@ -25,6 +25,7 @@ from harness.models.tokens import num_sparse
 from harness.suite.plan import TOTAL_ROW, add_plan_parser, format_plan, plan_table
 from harness.sampling import GuidedDenoiser, SamplerSpec, draw_labels, draw_noise, make_generators, sample
 from harness.suite import load_suite
+from tests.helpers import suite_text
 
 ROOT = Path(__file__).resolve().parents[2]
 XL_ROUTING = ModelSpec("SiT-XL/2", sparsity="routing", route=(2, 24))
@@ -75,25 +76,10 @@ def test_dense_dit_xl2_full_count_is_dits_118_6():
 
 def test_plan_cli_formats(tmp_path, capsys):
     suite = tmp_path / "small.toml"
-    suite.write_text("""
-[suite]
-name = "small"
-samples = 10
-batch_size = 2
-[sampler]
-steps = 4
-[models.main]
-arch = "SiT-S/4"
-checkpoint = "nowhere/no_such_checkpoint.pt"
-sparsity = "routing"
-route = [2, 8]
-[[runs]]
-name = "sg"
-method = "sg"
-gamma_strong = 0.25
-gamma_weak = 0.75
-omega = [1.5, 2.0]
-""")
+    suite.write_text(suite_text(
+        suite={"name": "small", "samples": 10, "batch_size": 2, "seed": None, "metrics": None}, sampler={"steps": 4},
+        main={"arch": "SiT-S/4", "checkpoint": "nowhere/no_such_checkpoint.pt", "route": [2, 8]},
+        runs=[{"name": "sg", "method": "sg", "gamma_strong": 0.25, "gamma_weak": 0.75, "omega": [1.5, 2.0]}]))
     parser = argparse.ArgumentParser()
     add_plan_parser(parser.add_subparsers())
     args = parser.parse_args(["plan", str(suite), "--format", "json"])

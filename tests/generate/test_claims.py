@@ -210,8 +210,8 @@ def test_done_records_spare_rereading_until_a_shard_changes(tmp_path, monkeypatc
     from harness.suite import load_suite
 
     monkeypatch.setattr(claims_mod, "MAX_UNITS", 1)  # one unit of two shards
-    suite = load_suite(write_generation_suite(tmp_path, random_checkpoint(tmp_path / "w.safetensors"), samples=4,
-                                   batch_size=2), root=tmp_path)
+    checkpoint = random_checkpoint(tmp_path / "w.safetensors")
+    suite = load_suite(write_generation_suite(tmp_path, checkpoint, samples=4, batch_size=2), root=tmp_path)
     out = tmp_path / "runs"
     (partial,) = generate_suite(suite, runs_root=out, device="cpu", upto=2)
     assert partial.generated == 2

@@ -330,7 +330,8 @@ def test_compile_is_applied_and_its_time_reported_apart(weights, tmp_path, monke
 def test_a_single_process_interleaves_runs_batch_by_batch_with_the_same_images(weights, tmp_path, monkeypatch):
     import harness.generate.runner
 
-    text = generation_suite(weights, samples=8, batch_size=4, more_runs=[{"name": "plain", "method": "cfg", "omega": 1.5}])
+    plain = {"name": "plain", "method": "cfg", "omega": 1.5}
+    text = generation_suite(weights, samples=8, batch_size=4, more_runs=[plain])
     (tmp_path / "two.toml").write_text(text)
     suite = load_suite(tmp_path / "two.toml", root=tmp_path)
     order = []

@@ -23,6 +23,7 @@ from harness.models.dit import modulate
 from harness.models.perturb import perturbed, seg_kernel_size
 from harness.models.tokens import unpatchify
 from harness.sampling import GuidedDenoiser, SamplerSpec, generate, make_generators
+from tests.helpers import suite_text
 
 SHAPE = (3, 4, 6, 6)
 
@@ -366,22 +367,11 @@ def test_every_method_has_sourced_checked_defaults():
 #                       Suite fields of the method parameters                   #
 #################################################################################
 
-SUITE = """\
-[suite]
-name = "m"
-samples = 4
-batch_size = 4
-[sampler]
-steps = 4
-[models.main]
-arch = "Testbed-XS/4"
-sparsity = "routing"
-route = [1, 2]
-[models.dense]
-arch = "Testbed-XS/4"
-[models.maskdit]
-arch = "MaskDiT-S/2"
-"""
+# The runs are TOML text appended to SUITE: the cases below write bad parameter values as they would appear in a file.
+SUITE = suite_text(
+    suite={"name": "m", "samples": 4, "batch_size": 4, "seed": None, "metrics": None}, sampler={"steps": 4},
+    models={"main": {"arch": "Testbed-XS/4", "sparsity": "routing", "route": [1, 2]},
+            "dense": {"arch": "Testbed-XS/4"}, "maskdit": {"arch": "MaskDiT-S/2"}}, runs=[])
 
 
 def _load(tmp_path, run: str):

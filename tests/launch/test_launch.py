@@ -35,7 +35,8 @@ KILL_STEPS = 24
 def setup(tmp_path_factory) -> tuple[Path, Path]:
     """(suite path, reference runs folder made by one plain generate process)."""
     folder = tmp_path_factory.mktemp("launch")
-    suite = write_generation_suite(folder, random_checkpoint(folder / "w.safetensors"), samples=SAMPLES, batch_size=BATCH)
+    checkpoint = random_checkpoint(folder / "w.safetensors")
+    suite = write_generation_suite(folder, checkpoint, samples=SAMPLES, batch_size=BATCH)
     generate_suite(load_suite(suite, root=folder), runs_root=folder / "ref", device="cpu")
     return suite, folder / "ref"
 

@@ -20,6 +20,7 @@ from harness.errors import HarnessError
 from harness.guidance import GuidanceSpec, Schedule, power_cosine_scale
 from harness.models import ARCHS, ModelSpec, build_model
 from harness.sampling import GuidedDenoiser, make_generators
+from tests.helpers import suite_text
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "mdt"
 sys.path.insert(0, str(FIXTURE))
@@ -152,9 +153,9 @@ def test_inspect_finds_mdt_trained_with_another_decode_layer(tmp_path, capsys):
     assert "architecture  MDTv2-S/2: family mdt" in out and "6 de_blocks" in out and "3 en_inblocks" in out
     table = out[out.index("[models.main]"):]
     assert "decode_layer = 6" in table and "input_size = 8" in table and "num_classes = 10" in table
-    (tmp_path / "s.toml").write_text('[suite]\nname = "m"\nsamples = 2\nbatch_size = 2\nmetrics = ["fid"]\n'
-                                     '[sampler]\nkind = "euler"\nsteps = 1\n' + table
-                                     + '\n[[runs]]\nname = "u"\nmethod = "none"\n')
+    (tmp_path / "s.toml").write_text(suite_text(suite={"name": "m", "samples": 2, "batch_size": 2, "seed": None,
+                                                       "metrics": ["fid"]}, sampler={"steps": 1}, models={},
+                                                runs=[{"name": "u", "method": "none"}]) + table)  # table as printed
     build_model(load_suite(tmp_path / "s.toml", root=tmp_path).runs[0].models["main"])
 
 

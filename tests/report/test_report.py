@@ -21,6 +21,7 @@ from harness.report import (
 from harness.metrics.frechet import GaussianStats, bootstrap_fd, frechet_distance, gaussian_stats
 from harness.report.baselines import list_baseline_tables
 from harness.report.results import RUN_COLUMNS
+from tests.helpers import suite_text
 
 SUITE = "toy"
 
@@ -259,7 +260,8 @@ def test_unmapped_paper_report_shows_all_tables_unmeasured(tmp_path: Path) -> No
 def test_report_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     toy_suite(tmp_path / "runs")
     suite_file = tmp_path / "toy.toml"
-    suite_file.write_text(f'[suite]\nname = "{SUITE}"\nsamples = 5\n\n[sampler]\nkind = "euler"\nsteps = 40\n')
+    table = {"name": SUITE, "samples": 5, "batch_size": None, "seed": None, "metrics": None}
+    suite_file.write_text(suite_text(suite=table, sampler={"steps": 40}, models={}, runs=[]))  # report reads these two
     parser = argparse.ArgumentParser(prog="harness")
     add_report_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["report", str(suite_file), "--runs-dir", str(tmp_path / "runs"),
