@@ -12,7 +12,7 @@ import numpy as np
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import suite_text, toml_value
+from tests.helpers import suite_text, toml_value
 from harness.errors import HarnessError
 
 FAST = settings(max_examples=int(__import__("os").environ.get("FUZZ_EXAMPLES", 60)), deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -116,7 +116,7 @@ def test_geneval_agreement_count_is_the_fixture():
 def test_claims_name_the_test_behind_them(claim):
     """The qualitative claims the issue found untested now cite the test that checks them."""
     at = README.index(claim)
-    assert "tests/test_" in README[at - 600: at + 900], claim
+    assert re.search(r"tests/(\w+/)?test_\w+\.py", README[at - 600: at + 900]), claim
 
 
 def _same(text: str, value: float) -> bool:

@@ -90,7 +90,7 @@ def trace_sqrt_product_torch(sigma1: np.ndarray, sigma2: np.ndarray, device: str
 
 
 # How tr sqrt(S1 S2) is computed: "eigen" (trace_sqrt_product_torch, float64, on the evaluation's device) or
-# "sqrtm" (ADM's scipy path, trace_sqrt_product). The two agree within 1e-6 relative (tests/test_feature_metrics.py);
+# "sqrtm" (ADM's scipy path, trace_sqrt_product). The two agree within 1e-6 relative (tests/metrics/test_feature_metrics.py);
 # perf/frechet_paths.py measured the eigen path faster on a CPU too (2048 dims: 50.7 s vs 81.3 s for sqrtm on the
 # loaded 2-core machine of 2026-12-05), and scipy's sqrtm has no GPU form.
 FRECHET_METHOD = "eigen"

@@ -127,7 +127,7 @@ class FlowModel(nn.Module):
         if convention == "dit":
             abar = _dit_alphas_cumprod()
             # float64: a float32 table moved the step the network is given by up to 4e-6 of a step
-            # (tests/test_conventions.py checks the step to 1e-6)
+            # (tests/models/test_conventions.py checks the step to 1e-6)
             self.register_buffer("log_snr", torch.log(abar / (1 - abar)).flip(0), persistent=False)
 
     @property
