@@ -22,7 +22,7 @@ from harness.metrics.precision_recall import ADM_TILE, precision_recall
 # tail (Efron & Tibshirani's advice for percentile intervals is 1000 or more).
 BOOTSTRAP_RESAMPLES = 1000
 # Above 512 dims (Inception: 2048) a resample costs a d x d covariance and eigenproblem when samples outnumber
-# the dims: 200 resamples still leave 5 draws per tail of a 95% interval (perf/bootstrap_cost.py measures it).
+# the dims: 200 resamples still leave 5 draws per tail of a 95% interval (perf/frechet_paths.py measures its cost).
 BOOTSTRAP_RESAMPLES_LARGE = 200
 BOOTSTRAP_LEVEL = 0.95
 MIN_TAIL_DRAWS = 5  # fewer resampled values than this beyond each end: the interval is an extreme value, refused

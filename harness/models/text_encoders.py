@@ -4,7 +4,7 @@ A suite's model table names one with `text_encoder = "<name>"` (options in `text
 TEXT_ENCODERS is a factory `(options: dict, device, root: Path | None) -> TextEncoder`; the encoder gives
 `encode(prompts) -> (states (P, L, C) float, mask (P, L) bool)` and `null() -> (states (L, C), mask (L,))`, the null
 caption as the model was trained (empty prompt or zeros). The runner encodes a prompt set once per (encoder, prompt
-set) and caches the result under the run root (harness.prompts.encode_cached), so encoders need no cache of their
+set) and caches the result under the run root (harness.prompts.encode.encode_prompts), so encoders need no cache of their
 own. Real encoders (open-clip for MicroDiT, T5 for PixArt, the text testbed's word encoder) register here from their
 own modules.
 """
