@@ -13,6 +13,8 @@ import torch
 IMAGINARY_ATOL = 1e-3
 # Relative Frobenius residual of covmean @ covmean above which scipy's sqrtm result is not trusted.
 RESIDUAL_RTOL = 1e-3
+# About how many float64 numbers the bootstrap's batched resamples hold at once (2^24: 128 MB).
+BOOTSTRAP_CHUNK_ELEMENTS = 2**24
 
 
 @dataclass(frozen=True)
@@ -125,15 +127,17 @@ def psd_sqrt(sigma: np.ndarray) -> np.ndarray:
 
 def bootstrap_fd(sample_features: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray,
                  n_boot: int = 200, seed: int = 0, level: float = 0.95,
-                 device: str | torch.device = "cpu") -> tuple[float, float]:
+                 device: str | torch.device = "cpu", chunk_elements: int = BOOTSTRAP_CHUNK_ELEMENTS) -> tuple[float, float]:
     """Percentile interval of the FD when the samples are resampled with replacement (reference held fixed).
 
     Each resample draws n rows of `sample_features` [n, d] with replacement (multinomial counts w), and its FD to
     (ref_mu, ref_sigma) is |m_w - mu_r|^2 + tr(S_w) + tr(S_r) - 2 sum sqrt(eig(R S_w R)), R = sqrt(S_r). With
     B = C R (C the centred rows, computed once), R S_w R = B' (W - w w'/n) B / (n - 1), whose non-zero eigenvalues
     are those of the k x k matrix P D G D P over the k rows drawn (G = B B', D = diag(sqrt w), P = I - s s'/n,
-    s = sqrt w): so each resample costs an eigenproblem of size min(k, d), k ~ 0.63 n. Float64 in torch on
-    `device`. Returns the (1-level)/2 and (1+level)/2 quantiles of the n_boot distances.
+    s = sqrt w): so each resample costs an eigenproblem of size min(k, d), k ~ 0.63 n. Resamples are batched (about
+    `chunk_elements` float64 numbers at a time; those with the same k share one batched eigenproblem), so a small
+    feature space pays no per-resample overhead. Float64 in torch on `device`. Returns the (1-level)/2 and
+    (1+level)/2 quantiles of the n_boot distances.
     """
     x = np.asarray(sample_features, dtype=np.float64)
     ref_mu = np.asarray(ref_mu, dtype=np.float64)
@@ -147,29 +151,47 @@ def bootstrap_fd(sample_features: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.
     mean = x.mean(axis=0)
     centred = torch.as_tensor(x - mean, device=device)
     rooted = centred @ ref_root  # B = C R, [n, d]
-    gram = rooted @ rooted.T if n <= d else None  # G = B B', [n, n]
+    gram = rooted @ rooted.T if n <= d else None  # G = B B', [n, n]; every resample's k <= n <= d
     offset = torch.as_tensor(mean - ref_mu, device=device)
     norms = (centred * centred).sum(dim=1)  # |c_i|^2: tr(S_w) = (sum w_i |c_i|^2 - n |m_c|^2) / (n - 1)
     rng = np.random.default_rng(seed)
-    distances = np.empty(n_boot)
-    for b in range(n_boot):
-        counts = np.bincount(rng.integers(0, n, size=n), minlength=n)
-        drawn = np.flatnonzero(counts)
-        w = torch.as_tensor(counts[drawn].astype(np.float64), device=device)
-        idx = torch.as_tensor(drawn, device=device)
-        mean_c = w @ centred[idx] / n  # resampled mean minus the full mean
-        trace = float((w @ norms[idx] - n * (mean_c @ mean_c)) / (n - 1))
-        s = w.sqrt()
-        if gram is not None and len(drawn) <= d:
-            core = gram[idx][:, idx] * s[:, None] * s[None, :]
-            proj = core - torch.outer(core @ s, s) / n
-            inner = proj - torch.outer(s, s @ proj) / n  # P D G D P
-        else:
-            b_rows = rooted[idx] * s[:, None]
-            u = s @ b_rows
-            inner = b_rows.T @ b_rows - torch.outer(u, u) / n
-        eig = torch.linalg.eigvalsh((inner + inner.T) / 2) / (n - 1)
+    per_resample = n + (n * n if gram is not None else n * d + d * d)  # float64 numbers one resample holds
+    chunk = max(1, min(n_boot, chunk_elements // per_resample))
+    distances = []
+    for start in range(0, n_boot, chunk):
+        counts = np.stack([np.bincount(rng.integers(0, n, size=n), minlength=n)
+                           for _ in range(min(chunk, n_boot - start))])
+        w = torch.as_tensor(counts.astype(np.float64), device=device)  # [m, n]
+        mean_c = w @ centred / n  # resampled means minus the full mean, [m, d]
+        trace = (w @ norms - n * (mean_c * mean_c).sum(dim=1)) / (n - 1)
         diff = mean_c + offset
-        distances[b] = float(diff @ diff) + trace + ref_trace - 2.0 * float(eig.clamp_min(0).sqrt().sum())
+        roots = (_gram_roots(gram, counts, n, device) if gram is not None else _covariance_roots(rooted, w, n))
+        distances.append((diff * diff).sum(dim=1) + trace + ref_trace - 2.0 * roots)
+    distances = torch.cat(distances).cpu().numpy()
     lo, hi = np.quantile(distances, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
     return float(lo), float(hi)
+
+
+def _gram_roots(gram: torch.Tensor, counts: np.ndarray, n: int, device: str | torch.device) -> torch.Tensor:
+    """sum sqrt(eig(R S_w R)) of each resample (rows of `counts`) from the k x k matrix P D G D P over its drawn
+    rows; resamples with the same k are one batched eigenproblem."""
+    drawn = (counts > 0).sum(axis=1)
+    roots = torch.empty(len(counts), dtype=torch.float64, device=device)
+    for k in np.unique(drawn):
+        group = np.flatnonzero(drawn == k)
+        idx = torch.as_tensor(np.nonzero(counts[group])[1].reshape(len(group), k), device=device)  # [m, k]
+        s = torch.as_tensor(counts[group], device=device).gather(1, idx).double().sqrt()  # sqrt w of drawn rows
+        core = gram[idx[:, :, None], idx[:, None, :]] * s[:, :, None] * s[:, None, :]
+        proj = core - (core @ s[:, :, None]) * s[:, None, :] / n
+        inner = proj - s[:, :, None] * (s[:, None, :] @ proj) / n  # P D G D P
+        eig = torch.linalg.eigvalsh((inner + inner.transpose(1, 2)) / 2) / (n - 1)
+        roots[torch.as_tensor(group, device=device)] = eig.clamp_min(0).sqrt().sum(dim=1)
+    return roots
+
+
+def _covariance_roots(rooted: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tensor:
+    """sum sqrt(eig(R S_w R)) of each resample (rows of `w`) from the d x d matrix B' W B - u u'/n, u = w B."""
+    u = w @ rooted  # [m, d]
+    inner = (w[:, :, None] * rooted).transpose(1, 2) @ rooted - u[:, :, None] * u[:, None, :] / n  # [m, n, d] held
+    eig = torch.linalg.eigvalsh((inner + inner.transpose(1, 2)) / 2) / (n - 1)
+    return eig.clamp_min(0).sqrt().sum(dim=1)

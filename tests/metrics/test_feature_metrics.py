@@ -136,6 +136,18 @@ def test_bootstrap_fd_equals_resampling_directly(n: int) -> None:
     np.testing.assert_allclose(got, covariance_bootstrap(x, ref, 40), rtol=1e-7)
 
 
+@pytest.mark.parametrize("n", [12, 60])
+def test_bootstrap_fd_does_not_depend_on_how_resamples_are_batched(n: int) -> None:
+    """One resample at a time (the smallest memory budget) gives the interval that batches of all resamples give."""
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(n, 20)) @ rng.normal(size=(20, 20)) * 0.5
+    ref = gaussian_stats(rng.normal(size=(300, 20)) + 0.3)
+    batched = bootstrap_fd(x, ref.mu, ref.sigma, n_boot=50)
+    one_by_one = bootstrap_fd(x, ref.mu, ref.sigma, n_boot=50, chunk_elements=1)
+    np.testing.assert_allclose(one_by_one, batched, rtol=1e-10)
+    assert bootstrap_fd(x, ref.mu, ref.sigma, n_boot=50, seed=1) != batched  # the seed picks the draws
+
+
 def test_inception_sized_fd_intervals_use_enough_resamples_for_95_percent(monkeypatch) -> None:
     """A 95% percentile interval from 20 resamples reads the 0.5th-largest draw: at least 5 draws per tail."""
     seen = []
