@@ -87,12 +87,13 @@ def random_checkpoint(path: Path, nan: bool = False) -> Path:
 
 def generation_suite(checkpoint: Path, samples: int = 12, batch_size: int = 4, steps: int = 2,
                      labels: str = "uniform", suite: Mapping[str, Any] | None = None,
-                     run: Mapping[str, Any] | None = None, more_runs: Sequence[Mapping[str, Any]] = ()) -> str:
-    """suite_text of the suite "rt" on `checkpoint`; `suite` and `run` add keys to [suite] and to its run, `more_runs`
-    follow it."""
+                     run: Mapping[str, Any] | None = None, more_runs: Sequence[Mapping[str, Any]] = (),
+                     main: Mapping[str, Any] | None = None) -> str:
+    """suite_text of the suite "rt" on `checkpoint`; `suite`, `run` and `main` add keys to [suite], to its run and to
+    [models.main], `more_runs` follow it."""
     first = {"name": RUN, "method": "cfg+sg", "gamma_strong": 0.25, "gamma_weak": 0.5, "omega": 2.0, **(run or {})}
     table = {"name": "rt", "samples": samples, "batch_size": batch_size, "seed": 7, "labels": labels, "metrics": None}
-    return suite_text(suite={**table, **(suite or {})}, sampler={"steps": steps}, main={"checkpoint": str(checkpoint)},
+    return suite_text(suite={**table, **(suite or {})}, sampler={"steps": steps}, main={"checkpoint": str(checkpoint), **(main or {})},
                       runs=[first, *more_runs])
 
 

@@ -10,6 +10,7 @@ import torch
 
 from harness.models import dit, maskdit, mdt, microdit, pixart, textdit
 from harness.models.adapters import CONVENTIONS, DEFAULT_DROPPED, DROPPED, FlowModel
+from harness.models.batching import FORWARD_ROWS
 from harness.models.checkpoint import load_checkpoint
 from harness.models.dit import DiTConfig, SparseDiT
 from harness.models.family import ConfigError, Family, FamilyConfig, Network
@@ -61,6 +62,7 @@ class ModelSpec:
     text_encoder: str | None = None  # a TEXT_ENCODERS name, for text-conditioned networks
     text_encoder_options: dict = field(default_factory=dict)
     weights: str | None = None  # "ema" | "model": which weights of a training checkpoint (default: EMA if present)
+    forward_rows: int = FORWARD_ROWS  # images per network call: the fixed shape that makes images batch-invariant
 
     def config(self):
         """The family's config (a frozen dataclass; DiTConfig for DiT/SiT) and the convention name."""
@@ -85,7 +87,7 @@ def build_model(spec: ModelSpec, device: torch.device | str = "cpu", root: Path 
     if meta:
         with torch.device("meta"):
             net = network(config)
-        return FlowModel(net, convention, dropped=spec.dropped)
+        return FlowModel(net, convention, dropped=spec.dropped, rows=spec.forward_rows)
     net = network(config)
     if spec.checkpoint:
         path = Path(spec.checkpoint)
@@ -95,7 +97,7 @@ def build_model(spec: ModelSpec, device: torch.device | str = "cpu", root: Path 
         loaded = load_checkpoint(getattr(net, "weights_module", net), path, spec.weights, spec.arch)
         if loaded.ignored:
             print(f"{path}: not used: {', '.join(loaded.ignored)}", file=sys.stderr)
-    flow = FlowModel(net.to(device).eval(), convention, dropped=spec.dropped)
+    flow = FlowModel(net.to(device).eval(), convention, dropped=spec.dropped, rows=spec.forward_rows)
     flow.checkpoint = loaded.summary() if spec.checkpoint else None  # for the run's manifest
     return flow
 

@@ -21,6 +21,7 @@ from harness.errors import HarnessError
 from harness.guidance import METHODS, GuidanceSpec, Method, Schedule
 from harness.models import FAMILIES, ConfigError, ModelSpec, family_of
 from harness.models.adapters import DEFAULT_DROPPED
+from harness.models.batching import FORWARD_ROWS
 from harness.sampling import SamplerSpec
 from harness.suite.runs import Run, Suite, config_hash
 from harness.suite.schema import GammaTable, ModelTable, RunTable, SuiteFile
@@ -265,7 +266,8 @@ def _model_spec(key: str, table: ModelTable, root: Path, where: _Where) -> Model
     spec = ModelSpec(arch=table.arch, checkpoint=str(checkpoint) if checkpoint else None, sparsity=table.sparsity,
                      route=tuple(table.route) if table.route else None, vae=table.vae, overrides=table.overrides(),
                      dropped=table.dropped or DEFAULT_DROPPED, text_encoder=table.text_encoder,
-                     text_encoder_options=dict(table.text_encoder_options or {}), weights=table.weights)
+                     text_encoder_options=dict(table.text_encoder_options or {}), weights=table.weights,
+                     forward_rows=table.forward_rows or FORWARD_ROWS)
     if table.weights is not None and table.checkpoint is None:
         raise where.error(where_m, "weights", "chooses among a checkpoint's weights, and this model has no checkpoint")
     if table.dropped is not None and table.sparsity != "masking":
@@ -409,7 +411,8 @@ def _resolve_run(run_id: str, index: int, table: RunTable, point: dict[str, Any]
         "models": {k: {"arch": t.arch, "checkpoint": t.checkpoint, "sparsity": t.sparsity, "route": t.route,
                        "vae": t.vae, "overrides": t.overrides(),
                        **({"dropped": models[k].dropped} if t.sparsity == "masking" else {}),
-                       **({"weights": t.weights} if t.weights else {})}  # set only: earlier hashes stay
+                       **({"weights": t.weights} if t.weights else {}),  # set only: earlier hashes stay
+                       **({"forward_rows": t.forward_rows} if t.forward_rows not in (None, FORWARD_ROWS) else {})}
                    for k, t in model_tables.items()},
         "run": {"id": run_id, "name": table.name, "method": method, "model": keys["main"],
                 "weak_model": keys.get("weak"), "omega": guidance.omega, "gamma_strong": _gamma_json(gamma_strong),

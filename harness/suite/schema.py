@@ -90,6 +90,7 @@ class ModelTable(_Table):
     vae: str | None = None
     cfg_channels: Literal["all", 3] | None = None  # default for the runs on this model (DiT/SiT's quirk is 3)
     dropped: Literal[DROPPED] | None = None  # masking: what a masked weak branch keeps where it dropped tokens
+    forward_rows: int | None = Field(None, ge=1)  # images per network call (default 8; harness.models.batching)
     convention: Literal[CONVENTIONS] | None = None
     text_encoder: str | None = None  # a harness.models.text_encoders name (text-conditioned models)
     text_encoder_options: dict[str, Any] | None = None

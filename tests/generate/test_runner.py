@@ -20,7 +20,7 @@ import torch
 
 from harness.cli import main
 from harness.errors import HarnessError
-from harness.models import ARCHS
+from harness.models import ARCHS, build_model
 from harness.generate import generate_suite
 from harness.generate.claims import MAX_UNITS, plan_units
 from harness.generate.runner import balanced_labels, plan_shards
@@ -35,6 +35,32 @@ def assert_same_samples(out: Path, ref: Path, n: int) -> None:
     assert np.array_equal(indices, np.arange(n)) and np.array_equal(ref_indices, np.arange(n))
     assert np.array_equal(labels, ref_labels)
     assert np.array_equal(images, ref_images)
+
+
+def test_forward_rows_sets_the_call_shape_is_hashed_and_keeps_images_batch_invariant(weights, tmp_path):
+    """[models.x] forward_rows: the network sees that many images per call whatever the batch; images do not depend
+    on the batch size at any row count; the hash changes only when it is not the default."""
+    def suite(folder: Path, **main):
+        folder.mkdir()
+        return load_suite(write_generation_suite(folder, weights, batch_size=main.pop("batch", 4), main=main),
+                          root=folder)
+
+    sixteen = suite(tmp_path / "a", forward_rows=16)
+    assert sixteen.runs[0].models["main"].forward_rows == 16
+    model, seen = build_model(sixteen.runs[0].models["main"]), []
+    model.net.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[0]))
+    c, side = model.config.in_channels, model.config.input_size
+    model.velocity(torch.randn(5, c, side, side), torch.full((5,), 0.5), torch.zeros(5, dtype=torch.long))
+    assert seen == [16]
+    hashes = {rows: suite(tmp_path / f"h{rows}", forward_rows=rows).runs[0].config_hash for rows in (8, 16)}
+    assert hashes[8] == load_suite(write_generation_suite(tmp_path, weights), root=tmp_path).runs[0].config_hash
+    assert hashes[16] != hashes[8]
+    for name, batch in (("b4", 4), ("b9", 9)):
+        generate_suite(suite(tmp_path / name, forward_rows=16, batch=batch), runs_root=tmp_path / name / "runs",
+                       device="cpu")
+    assert_same_samples(tmp_path / "b9" / "runs", tmp_path / "b4" / "runs", 12)
+    with pytest.raises(HarnessError, match=r"\[models.main\].*forward_rows"):
+        suite(tmp_path / "bad", forward_rows=0)
 
 
 def free_port() -> int:
