@@ -127,7 +127,8 @@ def psd_sqrt(sigma: np.ndarray) -> np.ndarray:
 
 def bootstrap_fd(sample_features: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray,
                  n_boot: int = 200, seed: int = 0, level: float = 0.95,
-                 device: str | torch.device = "cpu", chunk_elements: int = BOOTSTRAP_CHUNK_ELEMENTS) -> tuple[float, float]:
+                 device: str | torch.device = "cpu",
+                 chunk_elements: int = BOOTSTRAP_CHUNK_ELEMENTS) -> tuple[float, float]:
     """Percentile interval of the FD when the samples are resampled with replacement (reference held fixed).
 
     Each resample draws n rows of `sample_features` [n, d] with replacement (multinomial counts w), and its FD to
@@ -179,8 +180,9 @@ def _gram_roots(gram: torch.Tensor, counts: np.ndarray, n: int, device: str | to
     roots = torch.empty(len(counts), dtype=torch.float64, device=device)
     for k in np.unique(drawn):
         group = np.flatnonzero(drawn == k)
-        idx = torch.as_tensor(np.nonzero(counts[group])[1].reshape(len(group), k), device=device)  # [m, k]
-        s = torch.as_tensor(counts[group], device=device).gather(1, idx).double().sqrt()  # sqrt w of drawn rows
+        rows, cols = np.nonzero(counts[group])
+        idx = torch.as_tensor(cols.reshape(len(group), k), device=device)  # [m, k]: the drawn rows
+        s = torch.as_tensor(np.sqrt(counts[group][rows, cols].reshape(len(group), k).astype(np.float64)), device=device)
         core = gram[idx[:, :, None], idx[:, None, :]] * s[:, :, None] * s[:, None, :]
         proj = core - (core @ s[:, :, None]) * s[:, None, :] / n
         inner = proj - s[:, :, None] * (s[:, None, :] @ proj) / n  # P D G D P

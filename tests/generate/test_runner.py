@@ -40,10 +40,9 @@ def assert_same_samples(out: Path, ref: Path, n: int) -> None:
 def test_forward_rows_sets_the_call_shape_is_hashed_and_keeps_images_batch_invariant(weights, tmp_path):
     """[models.x] forward_rows: the network sees that many images per call whatever the batch; images do not depend
     on the batch size at any row count; the hash changes only when it is not the default."""
-    def suite(folder: Path, **main):
+    def suite(folder: Path, batch: int = 4, **main):
         folder.mkdir()
-        return load_suite(write_generation_suite(folder, weights, batch_size=main.pop("batch", 4), main=main),
-                          root=folder)
+        return load_suite(write_generation_suite(folder, weights, batch_size=batch, main=main), root=folder)
 
     sixteen = suite(tmp_path / "a", forward_rows=16)
     assert sixteen.runs[0].models["main"].forward_rows == 16
